@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from agents.config import load_config
+
+
+@dataclass
+class Model:
+    hidden_dim: int = 32
+    backbone: str = "mingru"
+
+
+@dataclass
+class Train:
+    lr: float = 1e-3
+    steps: int = 10
+    targets: list[float] = field(default_factory=lambda: [1.0])
+    model: Model = field(default_factory=Model)
+    note: str | None = None
+
+
+def test_files_merge_in_order_then_overrides(tmp_path):
+    (tmp_path / "a.yaml").write_text("lr: 0.01\nmodel:\n  hidden_dim: 64\n")
+    (tmp_path / "b.yaml").write_text("model:\n  backbone: lstm\n")
+    cfg = load_config(Train, [tmp_path / "a.yaml", tmp_path / "b.yaml"], ["steps=5", "model.hidden_dim=16", "targets=[1, 2]"])
+    assert cfg == Train(lr=0.01, steps=5, targets=[1.0, 2.0], model=Model(16, "lstm"))
+
+
+def test_unknown_key_lists_valid_ones(tmp_path):
+    (tmp_path / "a.yaml").write_text("lr: 0.01\nbatch: 3\n")
+    with pytest.raises(ValueError, match="unknown config key.*batch.*valid keys.*lr"):
+        load_config(Train, [tmp_path / "a.yaml"])
+    with pytest.raises(ValueError, match="model.width"):
+        load_config(Train, [], ["model.width=3"])
+
+
+def test_wrong_types_and_bad_overrides_are_errors(tmp_path):
+    with pytest.raises(ValueError, match="expected an integer"):
+        load_config(Train, [], ["steps=ten"])
+    with pytest.raises(ValueError, match="key=value"):
+        load_config(Train, [], ["steps"])
+    with pytest.raises(ValueError, match="not found"):
+        load_config(Train, [tmp_path / "missing.yaml"])
