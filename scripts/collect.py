@@ -1,0 +1,160 @@
+"""`recurrl collect`: record a behavior policy into a Minari dataset (optionally a D4RL hdf5 copy).
+
+Examples:
+  recurrl collect --env Hopper-v5 --policy tqc --steps 50000 --num-envs 8
+  recurrl collect --env CartPoleNoVel-v1 --policy scripted --noise 0.1 --episodes 50
+  recurrl collect --suite d4rl --env Hopper-v5 --steps 100000 --export-hdf5 exports/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+TRUST = (
+    "SECURITY: zoo behavior policies (model.zip, vecnormalize.pkl) are Python pickles, which run code when "
+    "loaded: load only files you trust (such as ../shared/behavior-policies)."
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "collect",
+        help="record a behavior policy into a Minari dataset (or a D4RL-style suite)",
+        description="Record a behavior policy into a Minari dataset; with --suite d4rl build the D4RL-style "
+        "tiers (random, medium, medium-replay, expert, medium-expert) of one env. " + TRUST,
+        epilog=TRUST,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--env", required=True, help="gymnasium env id, e.g. Hopper-v5 or CartPoleNoVel-v1")
+    parser.add_argument(
+        "--policy",
+        help="random, scripted (CartPoleNoVel-v1/PendulumNoVel-v1), or a zoo agent: tqc, sac, ppo, trpo, a2c, ars "
+        "(loaded from $RECURRL_BEHAVIOR_POLICIES or ../shared/behavior-policies; trusted files only)",
+    )
+    parser.add_argument(
+        "--suite", choices=["d4rl"], help="build the D4RL-style tiers of --env (ids recurrl/<env>/<tier>-v0)"
+    )
+    parser.add_argument("--tiers", nargs="+", help="with --suite: only these tiers (default: all five)")
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        help="action noise: Gaussian std for zoo policies, epsilon for CartPoleNoVel's scripted expert, "
+        "torque std for PendulumNoVel's",
+    )
+    amount = parser.add_mutually_exclusive_group()
+    amount.add_argument(
+        "--steps", type=int, help="env steps to record (per tier with --suite); default 1000000"
+    )
+    amount.add_argument("--episodes", type=int, help="complete episodes to record (not with --suite)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--num-envs", type=int, default=8, help="parallel envs; the policy acts on all in one batch"
+    )
+    parser.add_argument("--async", dest="asynchronous", action="store_true", help="one process per env")
+    parser.add_argument("--dataset-id", help="Minari id to write (default recurrl/<env>/<policy>-v0)")
+    parser.add_argument("--datasets-path", help="write under this folder instead of $MINARI_DATASETS_PATH")
+    parser.add_argument("--export-hdf5", help="also write a D4RL-format copy (a file; a folder with --suite)")
+    parser.add_argument(
+        "--compress",
+        action="store_true",
+        help="gzip the Minari arrays (lossless; smaller, slightly slower to load)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of the same id")
+    parser.add_argument("--torch-threads", type=int, default=1, help="threads for policy inference")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from envs.collect import (
+        build_suite,
+        collect,
+        compress_minari_dataset,
+        datasets_path,
+        format_summary,
+        make_policy,
+        suite_dataset_id,
+        summarize_collection,
+        write_minari,
+    )
+    from envs.scores import D4RL_REF_SCORES, d4rl_task_name
+
+    # Batches of a few observations: one thread is faster than two fighting the env loop for cores.
+    torch.set_num_threads(args.torch_threads)
+    if args.num_envs < 1:
+        raise ValueError(f"--num-envs must be >= 1, got {args.num_envs}")
+    log = (lambda _: None) if args.json else print
+    with datasets_path(args.datasets_path):
+        if args.suite:
+            if args.episodes is not None:
+                raise ValueError("--suite records a number of steps per tier: use --steps, not --episodes")
+            if args.policy:
+                raise ValueError("--suite uses the recipe's policies: drop --policy")
+            results = build_suite(
+                args.env,
+                steps=args.steps or 1_000_000,
+                tiers=tuple(args.tiers)
+                if args.tiers
+                else ("random", "medium", "medium-replay", "expert", "medium-expert"),
+                num_envs=args.num_envs,
+                seed=args.seed,
+                asynchronous=args.asynchronous,
+                progress=not args.no_progress and not args.json,
+                overwrite=args.overwrite,
+                export_dir=args.export_hdf5,
+                compress=args.compress,
+                log=log,
+            )
+            if args.json:
+                print(json.dumps(results, indent=2))
+            return 0
+
+        if not args.policy:
+            raise ValueError("give --policy (random, scripted or a zoo agent) or --suite d4rl")
+        steps = args.steps if args.steps is not None or args.episodes is not None else 1_000_000
+        policy = make_policy(args.policy, args.env, num_envs=args.num_envs, noise=args.noise, seed=args.seed)
+        collection = collect(
+            args.env,
+            policy,
+            steps=steps,
+            episodes=args.episodes,
+            num_envs=args.num_envs,
+            seed=args.seed,
+            asynchronous=args.asynchronous,
+            progress=not args.no_progress and not args.json,
+            description=args.policy,
+        )
+        dataset_id = args.dataset_id or suite_dataset_id(args.env, args.policy)
+        task = d4rl_task_name(args.env)
+        ref_min, ref_max = D4RL_REF_SCORES[task] if task else (None, None)
+        recipe = args.policy + (f" + N(0, {args.noise}^2) action noise" if args.noise else "")
+        path = write_minari(
+            collection,
+            dataset_id,
+            algorithm_name=recipe,
+            description=f"{args.env} recorded by `recurrl collect` with {recipe} (seed {args.seed}, "
+            f"{args.num_envs} envs)." + (" Reference scores are D4RL's." if task else ""),
+            ref_min_score=ref_min,
+            ref_max_score=ref_max,
+            overwrite=args.overwrite,
+        )
+        if args.compress:
+            compress_minari_dataset(path)
+        summary = summarize_collection(collection, dataset_id, path)
+        if args.export_hdf5:
+            from envs.datasets import export_hdf5
+
+            dataset = collection.to_offline_dataset(dataset_id, ref_min_score=ref_min, ref_max_score=ref_max)
+            summary["hdf5"] = str(export_hdf5(dataset, args.export_hdf5))
+        if args.json:
+            print(json.dumps(summary, indent=2))
+        else:
+            print(format_summary(summary))
+            if "hdf5" in summary:
+                print(f"D4RL-format copy: {summary['hdf5']}")
+    return 0
