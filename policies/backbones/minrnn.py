@@ -1,0 +1,182 @@
+"""Shared machinery of minGRU and minLSTM: the single-recurrence layer and the residual backbone.
+
+Both cells reduce to the same gated recurrence (see scan.py):
+    h_t = (1 - z_t) * h_{t-1} + z_t * g(p_t),   z_t = sigmoid(k_t),
+with k, p linear in x_t only. A layer subclass says how to get k and p from x (`preactivations`);
+everything else (training by scan, acting by step, resets, h0) lives here once.
+
+Layers run time-major internally (`forward_tm`), so the backbone transposes its input once and
+every scan step works on a contiguous [B, H] slab.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .base import Backbone, State
+from .scan import acc, check_backend, gated_scan_tm
+
+
+class MinRNNLayer(nn.Module):
+    """One minimal recurrence, input_dim -> hidden_dim. Subclasses implement `preactivations`."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, scan: str = "auto") -> None:
+        super().__init__()
+        if input_dim <= 0 or hidden_dim <= 0:
+            raise ValueError(
+                f"{type(self).__name__}: input_dim and hidden_dim must be positive, got {input_dim}, {hidden_dim}"
+            )
+        self.input_dim = input_dim
+        self.hidden_dim = hidden_dim
+        self.scan = check_backend(scan)
+
+    def preactivations(self, x: Tensor) -> Tensor:
+        """x: [..., input_dim] -> [k | p]: [..., 2 * hidden_dim] (gate logit, candidate pre-activation)."""
+        raise NotImplementedError
+
+    def forward(
+        self, x: Tensor, h0: Tensor | None = None, episode_starts: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """x: [B, T, input_dim], h0: [B, H] | None, episode_starts: [B, T] bool | None
+        -> (h [B, T, H] (a time-major view, like nn.LSTM(batch_first=True)), h_last [B, H])."""
+        name = type(self).__name__
+        if not isinstance(x, Tensor) or x.ndim != 3 or x.shape[-1] != self.input_dim:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{name}: x must be shaped [B, T, {self.input_dim}], got {got}")
+        batch, length = x.shape[:2]
+        if h0 is not None and tuple(h0.shape) != (batch, self.hidden_dim):
+            raise ValueError(
+                f"{name}: h0 must be shaped [B, H] = {(batch, self.hidden_dim)}, got {tuple(h0.shape)}"
+            )
+        if episode_starts is not None and tuple(episode_starts.shape) != (batch, length):
+            raise ValueError(
+                f"{name}: episode_starts must be shaped [B, T] = {(batch, length)}, got {tuple(episode_starts.shape)}"
+            )
+        starts_tm = None if episode_starts is None else episode_starts.to(torch.bool).transpose(0, 1)
+        h = self.forward_tm(x.transpose(0, 1), h0, starts_tm)
+        return h.transpose(0, 1), h[-1]
+
+    def forward_tm(self, x: Tensor, h0: Tensor | None = None, starts_tm: Tensor | None = None) -> Tensor:
+        """Time-major: x [T, B, input_dim], h0 [B, H], starts_tm [T, B] bool -> h [T, B, H] (fp32)."""
+        return gated_scan_tm(self.preactivations(x), h0, starts_tm, self.scan)
+
+    def step(self, x: Tensor, h: Tensor) -> Tensor:
+        """One tick: x [B, input_dim], h [B, H] -> h [B, H] (fp32). Same ops as the loop scan's step."""
+        kp = acc(self.preactivations(x))
+        if h.dtype != kp.dtype:
+            h = h.to(kp.dtype)
+        hidden = self.hidden_dim
+        s = torch.sigmoid(kp)
+        candidate = torch.maximum(kp[:, hidden:] + 0.5, s[:, hidden:])  # g(p), see scan.g_activation
+        return torch.lerp(h, candidate, s[:, :hidden])
+
+
+class FeedForward(nn.Sequential):
+    """Linear -> GELU -> Linear -> Dropout, width * ratio inside."""
+
+    def __init__(self, width: int, ratio: float, dropout: float) -> None:
+        inner = max(1, round(width * ratio))
+        super().__init__(nn.Linear(width, inner), nn.GELU(), nn.Linear(inner, width), nn.Dropout(dropout))
+
+
+class ResidualBlock(nn.Module):
+    """Pre-norm block: u + cell(norm(u)) then u + mlp(norm(u)). The cell may be wider (expansion)."""
+
+    def __init__(
+        self,
+        layer_cls: type[MinRNNLayer],
+        width: int,
+        inner: int,
+        mlp_ratio: float,
+        dropout: float,
+        scan: str,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.cell = layer_cls(width, inner, scan=scan)
+        # Projected back to the residual width only when the cell is wider (as in the paper's code).
+        self.out = nn.Linear(inner, width, bias=False) if inner != width else nn.Identity()
+        self.drop = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(width) if mlp_ratio > 0 else None
+        self.mlp = FeedForward(width, mlp_ratio, dropout) if mlp_ratio > 0 else None
+
+    def forward(self, u: Tensor, h0: Tensor | None, starts_tm: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Time-major u [T, B, width], h0 [B, inner] -> (u [T, B, width], h_last [B, inner])."""
+        h = self.cell.forward_tm(self.norm1(u), h0, starts_tm)
+        u = u + self.drop(self.out(h.to(u.dtype)))
+        if self.mlp is not None:
+            u = u + self.mlp(self.norm2(u))
+        return u, h[-1]
+
+    def step(self, u: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """u [B, width], h [B, inner] -> (u [B, width], h [B, inner])."""
+        h = self.cell.step(self.norm1(u), h)
+        u = u + self.drop(self.out(h.to(u.dtype)))
+        if self.mlp is not None:
+            u = u + self.mlp(self.norm2(u))
+        return u, h
+
+
+class MinRNNBackbone(Backbone):
+    """Input projection, `num_layers` residual minRNN blocks, final LayerNorm. Output width hidden_dim.
+
+    State: one tensor [B, num_layers, inner_dim] (the recurrent h of every layer; zeros = fresh),
+    inner_dim = round(hidden_dim * expansion_factor).
+    """
+
+    layer_cls: ClassVar[type[MinRNNLayer]]
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dim: int,
+        num_layers: int = 1,
+        *,
+        expansion_factor: float = 1.0,
+        mlp_ratio: float = 2.0,
+        dropout: float = 0.0,
+        scan: str = "auto",
+    ) -> None:
+        super().__init__(input_dim, hidden_dim, num_layers)
+        name = type(self).__name__
+        if expansion_factor <= 0:
+            raise ValueError(f"{name}: expansion_factor must be > 0, got {expansion_factor}")
+        if mlp_ratio < 0:
+            raise ValueError(f"{name}: mlp_ratio must be >= 0 (0 = no MLP), got {mlp_ratio}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"{name}: dropout must be in [0, 1), got {dropout}")
+        self.inner_dim = max(1, round(hidden_dim * expansion_factor))
+        self.scan = check_backend(scan)
+        self.input_proj = nn.Linear(input_dim, hidden_dim)
+        self.blocks = nn.ModuleList(
+            ResidualBlock(self.layer_cls, hidden_dim, self.inner_dim, mlp_ratio, dropout, scan)
+            for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(hidden_dim)
+
+    def state_shapes(self) -> list[tuple[tuple[int, ...], torch.dtype]]:
+        return [((self.num_layers, self.inner_dim), torch.float32)]
+
+    def _forward(self, x: Tensor, state: State | None, episode_starts: Tensor | None) -> tuple[Tensor, State]:
+        """x [B, T, input_dim], episode_starts [B, T] -> (y [B, T, hidden_dim], (h [B, num_layers, inner],))."""
+        starts_tm = None if episode_starts is None else episode_starts.transpose(0, 1)
+        u = self.input_proj(x.transpose(0, 1))  # [T, B, hidden]: time-major from here on
+        last = []
+        for index, block in enumerate(self.blocks):
+            h0 = None if state is None else state[0][:, index]
+            u, h_last = block(u, h0, starts_tm)
+            last.append(h_last)
+        y = self.norm(u).transpose(0, 1).contiguous()
+        return y, (torch.stack(last, dim=1),)
+
+    def _step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """x [B, input_dim], state ([B, num_layers, inner],) -> (y [B, hidden_dim], state)."""
+        u = self.input_proj(x)
+        new = []
+        for index, block in enumerate(self.blocks):
+            u, h = block.step(u, state[0][:, index])
+            new.append(h)
+        return self.norm(u), (torch.stack(new, dim=1),)
