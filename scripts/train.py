@@ -1,0 +1,133 @@
+"""`recurrl train`: train the offline Decision agent (DT-style) on any backbone, then evaluate it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DESCRIPTION = """\
+Train a Decision-Transformer-style agent whose sequence model is any backbone, then evaluate the
+last and the best checkpoint and print the normalized score.
+
+With no arguments: DT-minGRU (width 64, 2 layers, fused tokens, batch 64, K=20, 2000 steps) on the embedded Hopper
+medium dataset: a few minutes on 2 CPU cores. Presets (paper-sized budgets, meant for a GPU):
+  recurrl train --config configs/decision/hopper-medium.yaml --backbone transformer
+  recurrl train --config hopper-medium --config transformer     (short names: configs/decision/, configs/decision/backbones/)
+Any config key can be overridden as key=value after the options, e.g. model.hidden_dim=128 eval.every=0.
+Files are merged in order, then the options below, then key=value overrides.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train the Decision agent (DT-minGRU on the embedded Hopper dataset by default)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. steps=500")
+    parser.add_argument(
+        "--config", action="append", default=[], metavar="YAML", help="preset file (repeatable)"
+    )
+    parser.add_argument("--dataset", help="dataset id or path (default: recurrl/hopper/medium-v0)")
+    parser.add_argument("--backbone", help="mingru | minlstm | lstm | gru | mamba | transformer")
+    parser.add_argument("--steps", type=int, help="optimizer steps")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="auto | cpu | cuda")
+    parser.add_argument("--run-name", help="run directory name under --runs-dir")
+    parser.add_argument("--runs-dir", help="where runs go (default: runs)")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        metavar="RUN_DIR",
+        help="continue an interrupted run exactly (runs/<name>, or the run named by --run-name)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def resolve_config_path(name: str) -> Path:
+    """A YAML path, or a short preset name looked up in the packaged configs directory."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    import configs
+
+    root = Path(configs.__file__).parent
+    candidates = [root / name, root / f"{name}.yaml"]
+    stem = name.removesuffix(".yaml")
+    candidates += [root / sub / f"{stem}.yaml" for sub in ("decision", "decision/backbones")]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    presets = sorted(p.stem for p in (root / "decision").glob("*.yaml"))
+    raise ValueError(f"config {name!r} not found (as a file or a preset); presets: {', '.join(presets)}")
+
+
+def build_config(args: argparse.Namespace):
+    from agents.config import load_config
+    from agents.decision.config import DecisionConfig
+
+    flag_overrides = []
+    for flag, key in (
+        ("dataset", "dataset"),
+        ("backbone", "model.backbone"),
+        ("steps", "steps"),
+        ("seed", "seed"),
+        ("device", "device"),
+        ("run_name", "run_name"),
+        ("runs_dir", "runs_dir"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            flag_overrides.append(f"{key}={value}")
+    overrides = flag_overrides + list(args.overrides)
+
+    if args.resume is None:
+        paths = [resolve_config_path(p) for p in args.config]
+        return load_config(DecisionConfig, paths, overrides), False
+
+    # Resume: the run's saved config (JSON is YAML), plus overrides; the trainer rejects changes that
+    # would make the continuation differ from the original run (model, data, optimizer, ...).
+    if args.resume:
+        run_dir = Path(args.resume)
+    elif args.run_name:
+        run_dir = Path(args.runs_dir or "runs") / args.run_name
+    else:
+        raise ValueError("--resume needs a run directory (--resume runs/<name>) or --run-name")
+    if args.config:
+        raise ValueError("--resume uses the run's saved config.json; do not pass --config")
+    saved = run_dir / "config.json"
+    if not saved.is_file():
+        raise ValueError(f"cannot resume: {str(saved)!r} not found; is {str(run_dir)!r} a run directory?")
+    location = [f"run_name={run_dir.name}", f"runs_dir={run_dir.parent}"]
+    return load_config(DecisionConfig, [saved], overrides + location), True
+
+
+def run(args: argparse.Namespace) -> int:
+    from agents.decision.trainer import DecisionTrainer
+
+    config, resume = build_config(args)
+    trainer = DecisionTrainer(config, resume=resume, show_progress=not args.no_progress)
+    print(
+        f"run {trainer.run_dir}: {config.model.backbone} ({trainer.model.num_parameters():,} parameters, "
+        f"{config.model.tokens} tokens, K={config.context_length}) on {trainer.dataset.name} "
+        f"({len(trainer.dataset.episodes)} episodes, {trainer.dataset.num_steps:,} steps), device {trainer.device}"
+    )
+    try:
+        results = trainer.train()
+    except KeyboardInterrupt:
+        return 130
+    if results is None:
+        return 0
+    for name in ("last", "best"):
+        result = results["checkpoints"][name]
+        for target in result["targets"]:
+            if target["normalized_score_mean"] is not None:
+                print(
+                    f"normalized score ({name} checkpoint, step {result['step']}, target {target['target_return']:g}): "
+                    f"{target['normalized_score_mean']:.1f} +- {target['normalized_score_std']:.1f}"
+                )
+    print(f"results: {trainer.run_dir / 'results.json'}")
+    return 0

@@ -1,0 +1,334 @@
+"""Decision agent: segment sampling, exact resume, interrupts, NaN, bad input, evaluation modes, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from agents.checkpoint import CheckpointError
+from agents.decision.config import DecisionConfig
+from agents.decision.data import SegmentSampler
+from agents.decision.evaluation import run_episodes
+from agents.decision.model_io import EnvSpec, load_decision_checkpoint
+from agents.decision.trainer import DecisionTrainer, TrainingDiverged
+from envs.episodes import Episode, OfflineDataset
+
+
+def collect(env_id: str, episodes: int, env_kwargs: dict | None = None, seed: int = 0) -> OfflineDataset:
+    """A small dataset from random actions (so these tests do not depend on the embedded data)."""
+    env_kwargs = env_kwargs or {}
+    env = gym.make(env_id, **env_kwargs)
+    env.action_space.seed(seed)
+    out = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        rows: dict[str, list] = {"o": [], "a": [], "r": [], "te": [], "tr": []}
+        done = False
+        while not done:
+            action = env.action_space.sample()
+            rows["o"].append(obs)
+            rows["a"].append(action)
+            obs, reward, term, trunc, _ = env.step(action)
+            rows["r"].append(reward)
+            rows["te"].append(term)
+            rows["tr"].append(trunc)
+            done = term or trunc
+        out.append(
+            Episode(
+                np.array(rows["o"], np.float32),
+                np.array(rows["a"]),
+                np.array(rows["r"], np.float32),
+                np.array(rows["te"]),
+                np.array(rows["tr"]),
+                np.asarray(obs, np.float32),
+            )
+        )
+    return OfflineDataset(
+        f"random-{env_id}",
+        out,
+        env_id,
+        env.observation_space,
+        env.action_space,
+        env_kwargs,
+        ref_min_score=0.0,
+        ref_max_score=100.0,
+    )
+
+
+@pytest.fixture(scope="module")
+def pendulum() -> OfflineDataset:
+    return collect("Pendulum-v1", 6, {"max_episode_steps": 25})
+
+
+@pytest.fixture(scope="module")
+def cartpole() -> OfflineDataset:
+    return collect("CartPole-v1", 12, {"max_episode_steps": 30})
+
+
+def tiny_config(tmp_path: Path, name: str, backbone: str = "gru", **kw) -> DecisionConfig:
+    config = DecisionConfig(runs_dir=str(tmp_path), run_name=name, steps=8, batch_size=8, context_length=6)
+    config.model.backbone, config.model.hidden_dim, config.model.num_layers = backbone, 16, 1
+    config.checkpoint_every, config.log_every, config.warmup_steps = 2, 2, 3
+    config.eval.every, config.eval.episodes, config.eval.num_envs, config.eval.episodes_during_training = (
+        4,
+        2,
+        2,
+        1,
+    )
+    config.eval.target_returns = [-100.0]
+    for key, value in kw.items():
+        setattr(config, key, value)
+    return config
+
+
+# ----------------------------------------------------------------------------- sampling
+def test_sampler_segments_returns_to_go_padding_and_burn_in() -> None:
+    rewards = [np.arange(3, dtype=np.float32), np.ones(50, np.float32)]
+    episodes = [
+        Episode(
+            np.arange(len(r) * 2, dtype=np.float32).reshape(len(r), 2) + 100 * i,
+            np.zeros((len(r), 1), np.float32),
+            r,
+            np.zeros(len(r), bool),
+            np.zeros(len(r), bool),
+        )
+        for i, r in enumerate(rewards)
+    ]
+    box = gym.spaces.Box(-np.inf, np.inf, (2,))
+    data = OfflineDataset("hand", episodes, "Pendulum-v1", box, gym.spaces.Box(-1, 1, (1,)))
+    sampler = SegmentSampler(data, context_length=5, burn_in=3, seed=0)
+    batch = sampler.sample(4000)
+    assert batch.states.shape == (4000, 8, 2) and batch.actions.shape == (4000, 8, 1)
+    # Episodes are drawn in proportion to their length (3 vs 50 steps).
+    from_short = (batch.states[:, 3, 0] < 100).float().mean().item()
+    assert abs(from_short - 3 / 53) < 0.02
+    # The segment proper (after the burn-in) starts with a real step; the loss only covers it.
+    assert batch.loss_mask[:, :3].sum() == 0 and batch.loss_mask[:, 3].all()
+    # Exactly one episode start per row, at its first real step; nothing real before it.
+    assert (batch.episode_starts.sum(1) == 1).all()
+    first = batch.episode_starts.float().argmax(1)
+    for row in range(50):
+        t0 = int(first[row])
+        assert (batch.states[row, :t0] == 0).all()
+        # Returns-to-go are suffix sums of the episode's rewards; timesteps count within the episode.
+        ep = 0 if batch.states[row, 3, 0] < 100 else 1
+        step = int(batch.timesteps[row, 3])
+        assert batch.returns_to_go[row, 3, 0].item() == pytest.approx(float(rewards[ep][step:].sum()))
+        assert batch.states[row, 3, 0].item() == 100 * ep + 2 * step
+        real = batch.loss_mask[row]
+        assert real.sum() == min(5, len(rewards[ep]) - step)
+
+
+# ----------------------------------------------------------------------------- resume & interrupts
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_resume_gives_identical_weights(tmp_path: Path, pendulum: OfflineDataset) -> None:
+    straight = DecisionTrainer(tiny_config(tmp_path, "straight"), pendulum, show_progress=False)
+    straight.train()
+    halves = DecisionTrainer(tiny_config(tmp_path, "halves"), pendulum, show_progress=False)
+    assert halves.train(until=4) is None
+    del halves
+    resumed = DecisionTrainer(tiny_config(tmp_path, "halves"), pendulum, resume=True, show_progress=False)
+    assert resumed.step == 4
+    results = resumed.train()
+    a, b = weights(tmp_path / "straight/checkpoints/last"), weights(tmp_path / "halves/checkpoints/last")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert results is not None and results["steps"] == 8
+    saved = json.loads((tmp_path / "halves/results.json").read_text())
+    assert set(saved["checkpoints"]) == {"last", "best"}
+    assert json.loads((tmp_path / "halves/config.json").read_text())["model"]["backbone"] == "gru"
+
+
+def test_interrupt_saves_checkpoint_and_resume_rejects_other_config(
+    tmp_path: Path, pendulum: OfflineDataset
+) -> None:
+    trainer = DecisionTrainer(
+        tiny_config(tmp_path, "run", checkpoint_every=100), pendulum, show_progress=False
+    )
+    original = trainer.train_step
+
+    def interrupted() -> float:
+        if trainer.step == 3:
+            raise KeyboardInterrupt
+        return original()
+
+    trainer.train_step = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    meta = json.loads((tmp_path / "run/checkpoints/last/meta.json").read_text())
+    assert meta["step"] == 3 and meta["kind"] == "decision"
+    other = tiny_config(tmp_path, "run")
+    other.model.hidden_dim = 32
+    with pytest.raises(ValueError, match="cannot resume.*model"):
+        DecisionTrainer(other, pendulum, resume=True, show_progress=False)
+    with pytest.raises(ValueError, match="already exists"):
+        DecisionTrainer(tiny_config(tmp_path, "run"), pendulum, show_progress=False)
+
+
+def test_nan_loss_stops_training_naming_the_step(tmp_path: Path, pendulum: OfflineDataset) -> None:
+    trainer = DecisionTrainer(tiny_config(tmp_path, "nan"), pendulum, show_progress=False)
+    trainer.train(until=2)
+    with torch.no_grad():
+        trainer.model.head.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="step 3"):
+        trainer.train()
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_dataset_spaces_must_match_the_env(tmp_path: Path, pendulum: OfflineDataset) -> None:
+    wrong = OfflineDataset(
+        "wrong", pendulum.episodes, "CartPole-v1", pendulum.observation_space, pendulum.action_space
+    )
+    with pytest.raises(ValueError, match="observation space of env 'CartPole-v1'"):
+        DecisionTrainer(tiny_config(tmp_path, "wrong"), wrong, show_progress=False)
+
+
+def test_corrupt_or_foreign_checkpoints_are_rejected(tmp_path: Path, pendulum: OfflineDataset) -> None:
+    trainer = DecisionTrainer(tiny_config(tmp_path, "ck", steps=2), pendulum, show_progress=False)
+    trainer.train(until=2)
+    path = tmp_path / "ck/checkpoints/last"
+    model, meta = load_decision_checkpoint(path)
+    assert meta["kind"] == "decision" and model.obs_mean.shape == (3,)
+    # Meta says another width than the weights: "made for another model configuration".
+    edited = json.loads((path / "meta.json").read_text())
+    edited["model_kwargs"]["hidden_dim"] = 32
+    (path / "meta.json").write_text(json.dumps(edited))
+    with pytest.raises(CheckpointError, match="another model configuration"):
+        load_decision_checkpoint(path)
+    # Truncated weights.
+    trainer.save("last")
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_decision_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not a recurrl checkpoint"):
+        load_decision_checkpoint(tmp_path)
+
+
+def test_unknown_config_key_is_an_error() -> None:
+    import argparse
+
+    from scripts.train import build_config, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["train", "model.hiden_dim=3"])
+    with pytest.raises(ValueError, match="unknown config key.*hiden_dim"):
+        build_config(args)
+    config, resume = build_config(parser.parse_args(["train", "--backbone", "lstm", "steps=7"]))
+    assert config.model.backbone == "lstm" and config.steps == 7 and not resume
+
+
+def test_evaluate_rejects_env_with_other_spaces(pendulum: OfflineDataset) -> None:
+    spec = EnvSpec.from_dataset(pendulum)
+    spec.env_id = "MountainCarContinuous-v0"
+    from policies.decision import DecisionModel
+
+    model = DecisionModel(3, 1, backbone_name="gru", hidden_dim=8, num_layers=1)
+    with pytest.raises(ValueError, match="does not match"):
+        run_episodes(model, spec, 0.0, episodes=1, num_envs=1)
+
+
+# ----------------------------------------------------------------------------- evaluation
+@pytest.mark.parametrize("backbone", ["gru", "mingru"])
+def test_stateful_and_window_agree_when_the_window_holds_the_episode(
+    cartpole: OfflineDataset, backbone: str
+) -> None:
+    """With K >= episode length both modes see the whole episode from a fresh state: same actions."""
+    from agents.decision.model_io import build_model, model_kwargs
+
+    config = DecisionConfig(context_length=32)
+    config.model.backbone, config.model.hidden_dim, config.model.num_layers = backbone, 16, 1
+    torch.manual_seed(1)
+    model = build_model(model_kwargs(config, cartpole)).eval()
+    spec = EnvSpec.from_dataset(cartpole)
+    stateful = run_episodes(model, spec, 30.0, episodes=5, num_envs=3, seed=3, mode="stateful")
+    window = run_episodes(model, spec, 30.0, episodes=5, num_envs=3, seed=3, mode="window", context_length=32)
+    assert len(stateful["returns"]) == 5  # 5 episodes over 3 envs: quotas 2, 2, 1
+    assert sorted(stateful["returns"]) == sorted(window["returns"])
+    assert sorted(stateful["lengths"]) == sorted(window["lengths"])
+
+
+def test_discrete_training_end_to_end(tmp_path: Path, cartpole: OfflineDataset) -> None:
+    config = tiny_config(tmp_path, "cart", backbone="gru")
+    config.eval.target_returns = [30.0, 10.0]
+    results = DecisionTrainer(config, cartpole, show_progress=False).train()
+    assert results is not None
+    last = results["checkpoints"]["last"]
+    assert [t["target_return"] for t in last["targets"]] == [30.0, 10.0]
+    for target in last["targets"]:
+        assert target["episodes"] == 2 and 1 <= target["return_mean"] <= 30
+        assert target["normalized_score_mean"] == pytest.approx(target["return_mean"])  # refs 0..100
+    assert list((tmp_path / "cart").glob("events.out.tfevents.*"))
+
+
+# ----------------------------------------------------------------------------- CLI (embedded data)
+@pytest.mark.slow
+def test_cli_train_resume_evaluate_on_embedded_hopper(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scripts.cli import main
+
+    common = ["--runs-dir", str(tmp_path), "--run-name", "hop", "--no-progress"]
+    small = [
+        "model.hidden_dim=16",
+        "model.num_layers=1",
+        "batch_size=8",
+        "eval.episodes=2",
+        "eval.num_envs=2",
+    ]
+    assert main(["train", *common, "--steps", "6", *small, "checkpoint_every=3", "eval.every=0"]) == 0
+    out = capsys.readouterr().out
+    assert "normalized score" in out
+    results = json.loads((tmp_path / "hop/results.json").read_text())
+    assert results["checkpoints"]["last"]["targets"][0]["episodes"] == 2
+    # Extending a finished run: resume with more steps.
+    assert main(["train", "--resume", str(tmp_path / "hop"), "--no-progress", "steps=8"]) == 0
+    assert json.loads((tmp_path / "hop/results.json").read_text())["steps"] == 8
+    ckpt = tmp_path / "hop/checkpoints/last"
+    out_file = tmp_path / "eval.json"
+    args = [
+        "evaluate",
+        str(ckpt),
+        "--episodes",
+        "2",
+        "--num-envs",
+        "2",
+        "--mode",
+        "both",
+        "--output",
+        str(out_file),
+    ]
+    assert main(args) == 0
+    summary = json.loads(out_file.read_text())
+    assert set(summary["checkpoints"][0]["modes"]) == {"stateful", "window"}
+    assert main(["evaluate", str(tmp_path / "nowhere")]) == 2
+
+
+# ----------------------------------------------------------------------------- presets
+def test_presets_load_and_every_backbone_preset_builds(pendulum: OfflineDataset) -> None:
+    from agents.config import load_config
+    from agents.decision.model_io import build_model, model_kwargs
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "decision"
+    presets = sorted(root.glob("*.yaml"))
+    assert len(presets) >= 12  # 3 envs x 4 tiers (+ quick)
+    for preset in presets:
+        config = load_config(DecisionConfig, [preset])
+        config.validate()
+        assert config.dataset.startswith("recurrl/")
+    for backbone in sorted((root / "backbones").glob("*.yaml")):
+        config = load_config(DecisionConfig, [root / "hopper-medium.yaml", backbone], ["model.hidden_dim=16"])
+        assert config.model.backbone == backbone.stem
+        model = build_model(model_kwargs(config, pendulum))
+        assert model.backbone_name == backbone.stem
