@@ -1,8 +1,8 @@
 """Speed measurements of the Decision agent (the README's numbers come from here).
 
-    python -m agents.decision.benchmark train      # train steps/s, minGRU vs Transformer, same size
-    python -m agents.decision.benchmark tick       # per-tick inference: step vs window re-encode
-    python -m agents.decision.benchmark eval [CHECKPOINT]   # wall time of 10 Hopper episodes, 10 envs
+    recurrl bench-decision train      # train steps/s, minGRU vs Transformer, same size
+    recurrl bench-decision tick       # per-tick inference: step vs window re-encode
+    recurrl bench-decision eval [CHECKPOINT]   # wall time of 10 Hopper episodes, 10 envs
 
 Timings on a shared CPU are noisy: backbones are measured interleaved, in rounds, and medians are
 reported.
@@ -111,10 +111,11 @@ def bench_tick(args: argparse.Namespace) -> dict[str, Any]:
         return (time.perf_counter() - start) / args.ticks
 
     rounds: dict[str, list[float]] = {}
-    for _ in range(args.rounds):
-        for name, model in models.items():
-            rounds.setdefault(f"{name}/step", []).append(time_step(model))
-            rounds.setdefault(f"{name}/window", []).append(time_window(model))
+    with torch.inference_mode():  # as in evaluation: no autograd bookkeeping per tick
+        for _ in range(args.rounds):
+            for name, model in models.items():
+                rounds.setdefault(f"{name}/step", []).append(time_step(model))
+                rounds.setdefault(f"{name}/window", []).append(time_window(model))
     for key, values in rounds.items():
         out[key + "_us_median"] = 1e6 * statistics.median(values)
     if "mingru" in models and "transformer" in models:
@@ -160,34 +161,8 @@ def bench_eval(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("what", choices=["train", "tick", "eval"])
-    parser.add_argument(
-        "checkpoint", nargs="?", help="eval: a trained checkpoint (realistic episode lengths)"
-    )
-    parser.add_argument("--dataset", default="recurrl/hopper/medium-v0")
-    parser.add_argument("--backbones", nargs="+", default=["mingru", "transformer"])
-    parser.add_argument("--hidden-dim", type=int, default=128)
-    parser.add_argument("--num-layers", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--context-length", type=int, default=20)
-    parser.add_argument(
-        "--tokens", choices=["triple", "fused"], default="triple", help="DT's layout by default"
-    )
-    parser.add_argument("--steps", type=int, default=10, help="train: steps per round")
-    parser.add_argument("--ticks", type=int, default=200, help="tick: ticks per round")
-    parser.add_argument("--batch", type=int, default=1, help="tick: envs acting at once")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--episodes", type=int, default=10)
-    parser.add_argument("--num-envs", type=int, default=10)
-    parser.add_argument("--modes", nargs="+", default=["stateful"])
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> dict[str, Any]:
     result = {"train": bench_train, "tick": bench_tick, "eval": bench_eval}[args.what](args)
-    print(json.dumps({"benchmark": args.what, "threads": torch.get_num_threads(), **result}, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+    out = {"benchmark": args.what, "threads": torch.get_num_threads(), **result}
+    print(json.dumps(out, indent=2))
+    return out

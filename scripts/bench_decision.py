@@ -1,0 +1,59 @@
+"""`recurrl bench-decision`: speed of the Decision agent, minGRU against the Transformer side by side."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench-decision",
+        help="Decision-agent speed: train steps/s, per-tick inference (step vs window), eval wall time",
+        description=(
+            "Measure the Decision agent side by side for each backbone (medians of interleaved rounds):\n"
+            "  train  optimizer steps/s at the same width, depth, batch and K\n"
+            "  tick   per-tick inference: the backbone's step against re-encoding the last K steps (classic DT)\n"
+            "  eval   wall time of N episodes with N parallel envs (give a trained CHECKPOINT for real lengths)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from agents.decision.benchmark import run as run_benchmark
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_benchmark(args)
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark options (read by agents.decision.benchmark)."""
+    parser.add_argument("what", choices=["train", "tick", "eval"])
+    parser.add_argument(
+        "checkpoint", nargs="?", help="eval: a trained checkpoint (realistic episode lengths)"
+    )
+    parser.add_argument("--dataset", default="recurrl/hopper/medium-v0")
+    parser.add_argument("--backbones", nargs="+", default=["mingru", "transformer"])
+    parser.add_argument("--hidden-dim", type=int, default=128)
+    parser.add_argument("--num-layers", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--context-length", type=int, default=20)
+    parser.add_argument(
+        "--tokens", choices=["triple", "fused"], default="triple", help="DT's layout by default"
+    )
+    parser.add_argument("--steps", type=int, default=10, help="train: steps per round")
+    parser.add_argument("--ticks", type=int, default=200, help="tick: ticks per round")
+    parser.add_argument("--batch", type=int, default=1, help="tick: envs acting at once")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--num-envs", type=int, default=10)
+    parser.add_argument("--modes", nargs="+", default=["stateful"])
