@@ -1,0 +1,376 @@
+"""Recurrent PPO: roll out with `policy.step` (state carried per env, reset at episode starts), update
+with `policy.forward` over whole per-env sequences (minibatches of whole sequences, each from the
+policy state stored at its start). One loop for every backbone, the MLP control included.
+
+Logs use Stable-Baselines3's TensorBoard tags so runs overlay SB3 runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor
+
+from agents.checkpoint import (
+    load_checkpoint,
+    load_optimizer_state,
+    load_weights_strict,
+    optimizer_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_json_atomic,
+)
+from agents.config import save_config, to_dict
+from agents.ppo.config import PPOConfig
+from agents.ppo.normalization import ObsNormalizer, RewardScaler
+from agents.ppo.rollout import RolloutBatch, RolloutBuffer
+from agents.ppo.vec_env import check_finite, make_vector_env
+from policies.actor_critic import ActorCritic, SpaceSpec
+from policies.backbones.base import State
+
+CHECKPOINT_KIND = "ppo"
+
+
+def build_policy(config: PPOConfig, spec: SpaceSpec) -> ActorCritic:
+    options = dict(config.backbone_options)
+    if config.backbone in ("mingru", "minlstm") and "scan" not in options and config.device == "cpu":
+        # PPO trains on few, short sequences (e.g. 2 x 128 per minibatch): there the log-space
+        # parallel scan beats the backbone's CPU default (a time loop) ~2x in forward+backward (measured).
+        # The scan backend changes no weights, so checkpoints are unaffected.
+        options["scan"] = "log"
+    return ActorCritic(
+        spec,
+        backbone=config.backbone,
+        hidden_dim=config.hidden_dim,
+        num_layers=config.num_layers,
+        shared=config.shared_backbone,
+        head_hidden=config.head_hidden,
+        backbone_options=options,
+        log_std_init=config.log_std_init,
+    )
+
+
+def env_actions(actions: Tensor, spec: SpaceSpec, action_space: gym.Space) -> np.ndarray:
+    """Policy actions -> what the vector env accepts (Gaussian samples are clipped to the Box bounds)."""
+    actions_np = actions.cpu().numpy()
+    if spec.action_kind == "discrete":
+        return actions_np.astype(np.int64)
+    return np.clip(actions_np, action_space.low, action_space.high)
+
+
+class PPOTrainer:
+    def __init__(self, config: PPOConfig, resume: bool = False) -> None:
+        config.validate()
+        self.config = config
+        self.run_dir = Path(config.run_dir)
+        self.checkpoint_dir = self.run_dir / "checkpoints" / "last"
+        if config.torch_threads > 0:
+            torch.set_num_threads(config.torch_threads)
+        self.device = torch.device(config.device)
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)  # minibatch shuffling
+
+        self.envs = make_vector_env(config.env_id, config.num_envs, config.vectorization)
+        try:
+            self.spec = SpaceSpec.from_spaces(
+                self.envs.single_observation_space, self.envs.single_action_space
+            )
+            self.policy = build_policy(config, self.spec).to(self.device)
+        except BaseException:
+            self.envs.close()
+            raise
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
+        self.obs_norm = ObsNormalizer((self.spec.obs_dim,), config.normalize_obs, config.clip_obs)
+        self.reward_scaler = RewardScaler(
+            config.num_envs, config.gamma, config.normalize_reward, config.clip_reward
+        )
+        self.global_step = 0
+        self.iteration = 0
+        self.episode_returns: deque[float] = deque(maxlen=100)
+        self.episode_lengths: deque[float] = deque(maxlen=100)
+        self.history: list[dict[str, float]] = []  # (step, ep_rew_mean) per iteration, for results.json
+        if resume:
+            self._resume()
+
+        action_shape = () if self.spec.action_kind == "discrete" else (self.spec.action_dim,)
+        self.buffer = RolloutBuffer(
+            config.num_steps, config.num_envs, self.spec.obs_dim, action_shape, self.device
+        )
+        # Per-env running state of the rollout (not checkpointed: a resumed run starts fresh episodes).
+        obs, _ = self.envs.reset(seed=config.seed + 10_000 * self.iteration)
+        check_finite("observation", obs, config.env_id, self.global_step)
+        self.next_obs = obs
+        self.next_starts = np.ones(config.num_envs, dtype=bool)
+        self.state: State = self.policy.initial_state(config.num_envs, self.device)
+        self.running_return = np.zeros(config.num_envs)
+        self.running_length = np.zeros(config.num_envs, dtype=np.int64)
+
+    # ----------------------------------------------------------------- rollout
+    def _obs_tensor(self, obs: np.ndarray, update: bool) -> Tensor:
+        return torch.as_tensor(self.obs_norm(obs, update=update), device=self.device)
+
+    @torch.no_grad()
+    def collect_rollout(self) -> None:
+        cfg, buf = self.config, self.buffer
+        buf.initial_state = tuple(s.clone() for s in self.state)
+        for t in range(cfg.num_steps):
+            obs = self._obs_tensor(self.next_obs, update=True)
+            starts = torch.as_tensor(self.next_starts, device=self.device)
+            dist, value, self.state = self.policy.step(obs, self.state, starts)
+            action = dist.sample()
+            buf.obs[t], buf.episode_starts[t], buf.actions[t] = obs, starts, action
+            buf.log_probs[t], buf.values[t] = dist.log_prob(action), value
+
+            next_obs, reward, terminated, truncated, infos = self.envs.step(
+                env_actions(action, self.spec, self.envs.single_action_space)
+            )
+            self.global_step += cfg.num_envs
+            check_finite("observation", next_obs, cfg.env_id, self.global_step)
+            check_finite(
+                "reward", np.asarray(reward, dtype=np.float64)[:, None], cfg.env_id, self.global_step
+            )
+            done = np.logical_or(terminated, truncated)
+            self._track_episodes(np.asarray(reward, dtype=np.float64), done)
+            scaled = torch.as_tensor(
+                self.reward_scaler(np.asarray(reward, dtype=np.float64), done), device=self.device
+            )
+
+            # Bootstrap truncated episodes with V(final_obs), computed from the state that has seen the
+            # whole episode (the pre-reset state returned by this step).
+            bootstrap = np.flatnonzero(np.logical_and(truncated, ~np.asarray(terminated)))
+            if bootstrap.size:
+                final_obs = np.stack([infos["final_obs"][i] for i in bootstrap])
+                check_finite("final observation", final_obs, cfg.env_id, self.global_step)
+                index = torch.as_tensor(bootstrap, device=self.device)
+                _, final_value, _ = self.policy.step(
+                    self._obs_tensor(final_obs, update=False), tuple(s[index] for s in self.state)
+                )
+                scaled[index] += cfg.gamma * final_value
+            buf.rewards[t] = scaled
+            buf.dones[t] = torch.as_tensor(done, dtype=torch.float32, device=self.device)
+            self.next_obs, self.next_starts = next_obs, done
+
+    def _track_episodes(self, reward: np.ndarray, done: np.ndarray) -> None:
+        self.running_return += reward
+        self.running_length += 1
+        for i in np.flatnonzero(done):
+            self.episode_returns.append(float(self.running_return[i]))
+            self.episode_lengths.append(float(self.running_length[i]))
+        self.running_return[done] = 0.0
+        self.running_length[done] = 0
+
+    @torch.no_grad()
+    def _last_value(self) -> Tensor:
+        obs = self._obs_tensor(self.next_obs, update=False)
+        starts = torch.as_tensor(self.next_starts, device=self.device)
+        _, value, _ = self.policy.step(obs, self.state, starts)
+        return value
+
+    # ----------------------------------------------------------------- update
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        cfg = self.config
+        per_minibatch = cfg.num_envs // cfg.num_minibatches
+        stats: dict[str, list[float]] = {k: [] for k in ("pg", "vf", "ent", "kl", "clip", "loss")}
+        stop = False
+        for _ in range(cfg.update_epochs):
+            order = torch.as_tensor(self.rng.permutation(cfg.num_envs), device=self.device)
+            for start in range(0, cfg.num_envs, per_minibatch):
+                mb = batch.select(order[start : start + per_minibatch])
+                dist, value, _ = self.policy(mb.obs, mb.initial_state, mb.episode_starts)  # [n, T]
+                log_prob = dist.log_prob(mb.actions)
+                log_ratio = log_prob - mb.log_probs
+                ratio = log_ratio.exp()
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - log_ratio).mean()  # the low-variance k3 estimator
+                    clip_fraction = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
+                adv = mb.advantages
+                if cfg.norm_adv:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                pg_loss = torch.max(
+                    -adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
+                ).mean()
+                if cfg.clip_vloss:
+                    v_clipped = mb.values + (value - mb.values).clamp(-cfg.clip_coef, cfg.clip_coef)
+                    v_loss = 0.5 * torch.max((value - mb.returns) ** 2, (v_clipped - mb.returns) ** 2).mean()
+                else:
+                    v_loss = 0.5 * ((value - mb.returns) ** 2).mean()
+                entropy = dist.entropy().mean()
+                loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+                self.optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                for key, val in zip(
+                    stats, (pg_loss, v_loss, entropy, approx_kl, clip_fraction, loss), strict=True
+                ):
+                    stats[key].append(float(val.detach()))
+                if cfg.target_kl is not None and approx_kl > cfg.target_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+        values, returns = batch.values.flatten(), batch.returns.flatten()
+        var_returns = returns.var()
+        explained = float("nan") if var_returns == 0 else float(1 - (returns - values).var() / var_returns)
+        mean = {k: float(np.mean(v)) for k, v in stats.items()}
+        out = {
+            "train/policy_gradient_loss": mean["pg"],
+            "train/value_loss": mean["vf"],
+            "train/entropy_loss": -mean["ent"],
+            "train/approx_kl": mean["kl"],
+            "train/clip_fraction": mean["clip"],
+            "train/loss": mean["loss"],
+            "train/explained_variance": explained,
+            "train/learning_rate": self.optimizer.param_groups[0]["lr"],
+            "train/clip_range": cfg.clip_coef,
+        }
+        if self.policy.log_std is not None:
+            out["train/std"] = float(self.policy.log_std.detach().exp().mean())
+        return out
+
+    # ----------------------------------------------------------------- loop
+    def train(self) -> dict[str, Any]:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.json")
+        writer = SummaryWriter(str(self.run_dir))
+        bar = tqdm(
+            total=cfg.num_iterations * cfg.batch_size,
+            initial=self.global_step,
+            disable=not cfg.progress_bar,
+            unit="step",
+            desc=f"ppo-{cfg.backbone} {cfg.env_id}",
+        )
+        start_time, start_step = time.perf_counter(), self.global_step
+        try:
+            while self.iteration < cfg.num_iterations:
+                self.iteration += 1
+                if cfg.anneal_lr:
+                    frac = 1.0 - (self.iteration - 1) / cfg.num_iterations
+                    self.optimizer.param_groups[0]["lr"] = frac * cfg.learning_rate
+                self.policy.eval()
+                self.collect_rollout()
+                advantages, returns = self.buffer.compute_returns(
+                    self._last_value(), cfg.gamma, cfg.gae_lambda
+                )
+                self.policy.train()
+                logs = self.update(self.buffer.batch(advantages, returns))
+
+                fps = (self.global_step - start_step) / max(time.perf_counter() - start_time, 1e-9)
+                logs.update(
+                    {
+                        "time/fps": fps,
+                        "time/iterations": self.iteration,
+                        "time/total_timesteps": self.global_step,
+                    }
+                )
+                if self.episode_returns:
+                    logs["rollout/ep_rew_mean"] = float(np.mean(self.episode_returns))
+                    logs["rollout/ep_len_mean"] = float(np.mean(self.episode_lengths))
+                    self.history.append(
+                        {"step": self.global_step, "ep_rew_mean": logs["rollout/ep_rew_mean"]}
+                    )
+                for tag, value in logs.items():
+                    writer.add_scalar(tag, value, self.global_step)
+                bar.update(cfg.batch_size)
+                bar.set_postfix(
+                    ep_rew_mean=f"{logs.get('rollout/ep_rew_mean', float('nan')):.1f}", fps=f"{fps:.0f}"
+                )
+                if self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.num_iterations:
+                    self.save()
+        finally:
+            bar.close()
+            writer.close()
+            self.envs.close()
+        wall = time.perf_counter() - start_time
+        summary = {
+            "env_id": cfg.env_id,
+            "backbone": cfg.backbone,
+            "seed": cfg.seed,
+            "global_step": self.global_step,
+            "ep_rew_mean": float(np.mean(self.episode_returns)) if self.episode_returns else None,
+            "best_ep_rew_mean": max((h["ep_rew_mean"] for h in self.history), default=None),
+            "fps": (self.global_step - start_step) / max(wall, 1e-9),
+            "wall_s": wall,
+            "checkpoint": str(self.checkpoint_dir),
+            "parameters": sum(p.numel() for p in self.policy.parameters()),
+        }
+        write_json_atomic(self.run_dir / "results.json", {**summary, "history": self.history})
+        return summary
+
+    # ----------------------------------------------------------------- checkpoints
+    def save(self) -> Path:
+        optim_tensors, optim_plain = optimizer_state(self.optimizer)
+        rng_tensors, rng_plain = rng_state()
+        meta = {
+            "kind": CHECKPOINT_KIND,
+            "config": to_dict(self.config),
+            "spaces": asdict(self.spec),
+            "obs_norm": self.obs_norm.to_dict(),
+            "reward_norm": self.reward_scaler.to_dict(),
+            "global_step": self.global_step,
+            "iteration": self.iteration,
+            "episode_returns": list(self.episode_returns),
+            "episode_lengths": list(self.episode_lengths),
+            "history": self.history,
+            "train_state": {
+                "optimizer": optim_plain,
+                "rng": rng_plain,
+                "shuffle_rng": self.rng.bit_generator.state,
+            },
+        }
+        return save_checkpoint(
+            self.checkpoint_dir, self.policy.state_dict(), meta, {**optim_tensors, **rng_tensors}
+        )
+
+    def _resume(self) -> None:
+        if not (self.checkpoint_dir / "meta.json").is_file():
+            raise FileNotFoundError(
+                f"--resume: no checkpoint at {self.checkpoint_dir}; train without --resume first"
+            )
+        model, meta, train = load_checkpoint(self.checkpoint_dir, with_train_state=True)
+        if meta.get("kind") != CHECKPOINT_KIND:
+            raise ValueError(f"{self.checkpoint_dir} is a {meta.get('kind')!r} checkpoint, not a PPO one")
+        saved = meta["config"]
+        for key in (
+            "env_id",
+            "backbone",
+            "hidden_dim",
+            "num_layers",
+            "shared_backbone",
+            "num_envs",
+            "num_steps",
+        ):
+            if saved.get(key) != getattr(self.config, key):
+                raise ValueError(
+                    f"--resume: checkpoint was trained with {key}={saved.get(key)!r} but the config says "
+                    f"{getattr(self.config, key)!r}; use the same settings (or a new run_dir)"
+                )
+        load_weights_strict(self.policy, model, str(self.checkpoint_dir))
+        state = meta["train_state"]
+        load_optimizer_state(self.optimizer, train or {}, state["optimizer"])
+        set_rng_state(train or {}, state["rng"])
+        self.rng.bit_generator.state = state["shuffle_rng"]
+        self.obs_norm = ObsNormalizer.from_dict(meta["obs_norm"])
+        self.reward_scaler.load_dict(meta["reward_norm"])
+        self.global_step, self.iteration = int(meta["global_step"]), int(meta["iteration"])
+        self.episode_returns.extend(meta["episode_returns"])
+        self.episode_lengths.extend(meta["episode_lengths"])
+        self.history = list(meta["history"])
+
+
+def train_ppo(config: PPOConfig, resume: bool = False) -> dict[str, Any]:
+    """Train PPO as configured; returns a summary (also written to run_dir/results.json)."""
+    return PPOTrainer(config, resume=resume).train()

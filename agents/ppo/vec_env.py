@@ -1,0 +1,36 @@
+"""Vector envs for PPO: gymnasium Sync/AsyncVectorEnv with same-step autoreset, plus input checks."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode
+
+import envs  # noqa: F401  (registers CartPoleNoVel-v1, PendulumNoVel-v1)
+
+
+def make_vector_env(env_id: str, num_envs: int, vectorization: str = "sync") -> gym.vector.VectorEnv:
+    """`num_envs` copies of `env_id`. Same-step autoreset: when an episode ends, `step` returns the
+    first observation of the next one and puts the last one in `infos["final_obs"]`."""
+    if vectorization not in ("sync", "async"):
+        raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
+    if env_id not in gym.registry:
+        raise ValueError(f"unknown environment id {env_id!r}; is it registered with gymnasium?")
+    return gym.make_vec(
+        env_id,
+        num_envs=num_envs,
+        vectorization_mode=vectorization,
+        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+    )
+
+
+def check_finite(name: str, values: np.ndarray, env_id: str, global_step: int) -> None:
+    """Report a NaN/Inf from the env at the step it happens, not as a NaN loss later."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+        bad = np.argwhere(~np.isfinite(values.reshape(values.shape[0], -1)))
+        env_index = int(bad[0][0])
+        raise ValueError(
+            f"environment {env_id!r} returned a non-finite {name} (NaN or Inf) at global step {global_step} "
+            f"in vector env {env_index}: {values[env_index]}; fix the environment or wrap it to sanitize its output"
+        )
