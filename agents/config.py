@@ -110,6 +110,12 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ValueError(f"config key {key}: expected true/false, got {value!r}")
+    if hint in (float, int) and isinstance(value, str):
+        # YAML 1.1 reads "3e-4" (no dot) as a string; a number written that way is still a number.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)

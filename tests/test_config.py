@@ -37,6 +37,14 @@ def test_unknown_key_lists_valid_ones(tmp_path):
         load_config(Train, [], ["model.width=3"])
 
 
+def test_exponent_numbers_without_a_dot_are_numbers():
+    # YAML 1.1 reads 3e-4 as a string; it must still set a float (and 1e3 an int) field.
+    cfg = load_config(Train, [], ["lr=3e-4", "steps=1e3"])
+    assert cfg.lr == 3e-4 and cfg.steps == 1000
+    with pytest.raises(ValueError, match="expected an integer"):
+        load_config(Train, [], ["steps=2.5e0"])
+
+
 def test_wrong_types_and_bad_overrides_are_errors(tmp_path):
     with pytest.raises(ValueError, match="expected an integer"):
         load_config(Train, [], ["steps=ten"])
