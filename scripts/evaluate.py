@@ -191,7 +191,12 @@ def run(args: argparse.Namespace) -> int:
         elif kind == "ppo":
             result = evaluate_ppo(path, args)
             other.append(result)
-            print(f"{path} [ppo] {json.dumps(result['results'], default=str)[:500]}")
+            for run in result["results"]:
+                print(
+                    f"{path} [ppo, {run['env_id']}, {run['backbone']}, seed {run['seed']}] "
+                    f"return {run['mean_return']:.1f} +- {run['std_return']:.1f} ({run['episodes']} episodes, "
+                    f"{'deterministic' if run['deterministic'] else 'stochastic'})"
+                )
         else:
             raise ValueError(f"{path}: unknown checkpoint kind {kind!r} (expected 'decision' or 'ppo')")
     summary: dict[str, Any] = {"checkpoints": decision + other}
