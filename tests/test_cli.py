@@ -1,0 +1,33 @@
+"""The `recurrl` command as a user meets it: the subcommand list, clean errors, evaluate on a PPO run."""
+
+from __future__ import annotations
+
+import pytest
+
+from scripts.cli import COMMANDS, build_parser, main
+
+
+def test_every_subcommand_is_registered(capsys):
+    names = set(build_parser()._subparsers._group_actions[0].choices)
+    assert names == {name.replace("_", "-") for name in COMMANDS}
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "train-ppo" in out and "bench-decision" in out
+
+
+def test_bad_input_is_one_error_line_not_a_traceback(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("recurrl evaluate: error:") and "is not a checkpoint" in err
+    assert "Traceback" not in err
+
+
+def test_evaluate_prints_a_readable_line_for_ppo_checkpoints(tmp_path, capsys):
+    run_dir = tmp_path / "ppo"
+    args = ["train-ppo", "--env", "CartPoleNoVel-v1", "--backbone", "mingru", "--run-dir", str(run_dir)]
+    assert main([*args, "--no-progress", "--total-steps", "64", "num_envs=2", "num_steps=32", "update_epochs=1"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir / "checkpoints" / "last"), "--episodes", "2", "--num-envs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "[ppo, CartPoleNoVel-v1, mingru, seed 0] return" in out and "(2 episodes, deterministic)" in out
