@@ -26,8 +26,13 @@ def test_bad_input_is_one_error_line_not_a_traceback(tmp_path, capsys):
 def test_evaluate_prints_a_readable_line_for_ppo_checkpoints(tmp_path, capsys):
     run_dir = tmp_path / "ppo"
     args = ["train-ppo", "--env", "CartPoleNoVel-v1", "--backbone", "mingru", "--run-dir", str(run_dir)]
-    assert main([*args, "--no-progress", "--total-steps", "64", "num_envs=2", "num_steps=32", "update_epochs=1"]) == 0
+    assert (
+        main([*args, "--no-progress", "--total-steps", "64", "num_envs=2", "num_steps=32", "update_epochs=1"])
+        == 0
+    )
     capsys.readouterr()
-    assert main(["evaluate", str(run_dir / "checkpoints" / "last"), "--episodes", "2", "--num-envs", "2"]) == 0
+    assert (
+        main(["evaluate", str(run_dir / "checkpoints" / "last"), "--episodes", "2", "--num-envs", "2"]) == 0
+    )
     out = capsys.readouterr().out
     assert "[ppo, CartPoleNoVel-v1, mingru, seed 0] return" in out and "(2 episodes, deterministic)" in out
