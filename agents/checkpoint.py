@@ -81,7 +81,9 @@ def load_checkpoint(
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{path / META} is corrupt: {error}") from error
     if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path}: checkpoint format {meta.get('format_version')!r}, expected {FORMAT_VERSION}"
+        )
     for name, digest in meta.get("files", {}).items():
         file = path / name
         if not file.is_file():
@@ -112,9 +114,12 @@ def load_weights_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor
             details.append(f"unexpected {extra[:5]}")
         if wrong:
             details.append(
-                "shape mismatch " + ", ".join(f"{k}: {tuple(tensors[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:5])
+                "shape mismatch "
+                + ", ".join(f"{k}: {tuple(tensors[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:5])
             )
-        raise CheckpointError(f"{where}: checkpoint was made for another model configuration ({'; '.join(details)})")
+        raise CheckpointError(
+            f"{where}: checkpoint was made for another model configuration ({'; '.join(details)})"
+        )
     module.load_state_dict(tensors)
 
 
@@ -134,7 +139,9 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.T
     return tensors, {"param_groups": state["param_groups"], "state": plain_state}
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], plain: dict[str, Any]
+) -> None:
     state: dict[int, dict[str, Any]] = {int(k): dict(v) for k, v in plain["state"].items()}
     for name, value in tensors.items():
         if name.startswith("optim/"):

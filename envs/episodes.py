@@ -95,6 +95,8 @@ class OfflineDataset:
                 f"dataset {self.name!r} has no reference scores (ref_min_score/ref_max_score), so no "
                 "normalized score can be computed; report raw returns instead"
             )
-        return 100.0 * (np.asarray(returns, dtype=np.float64) - self.ref_min_score) / (
-            self.ref_max_score - self.ref_min_score
+        return (
+            100.0
+            * (np.asarray(returns, dtype=np.float64) - self.ref_min_score)
+            / (self.ref_max_score - self.ref_min_score)
         )

@@ -71,7 +71,11 @@ def test_gradients_reach_every_parameter(name):
     starts[1, 4] = True
     y, _ = model(x, model.initial_state(2), starts)
     (y.square().mean()).backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    missing = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)
+    ]
     assert not missing, f"{name}: no gradient for {missing}"
 
 

@@ -31,7 +31,10 @@ def test_roundtrip_restores_weights_optimizer_and_rng(tmp_path):
     opt_tensors, opt_plain = optimizer_state(optimizer)
     rng_tensors, rng_plain = rng_state()
     path = save_checkpoint(
-        tmp_path / "ckpt", model.state_dict(), {"kind": "test", "optim": opt_plain, "rng": rng_plain}, {**opt_tensors, **rng_tensors}
+        tmp_path / "ckpt",
+        model.state_dict(),
+        {"kind": "test", "optim": opt_plain, "rng": rng_plain},
+        {**opt_tensors, **rng_tensors},
     )
     expected_draw = torch.rand(3)
     tensors, meta, train = load_checkpoint(path, with_train_state=True)
@@ -42,7 +45,9 @@ def test_roundtrip_restores_weights_optimizer_and_rng(tmp_path):
     load_optimizer_state(fresh_opt, train, meta["optim"])
     set_rng_state(train, meta["rng"])
     assert torch.equal(fresh.weight, model.weight)
-    assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(
+        fresh_opt.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"]
+    )
     assert torch.equal(torch.rand(3), expected_draw)
 
 

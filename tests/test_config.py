@@ -25,7 +25,11 @@ class Train:
 def test_files_merge_in_order_then_overrides(tmp_path):
     (tmp_path / "a.yaml").write_text("lr: 0.01\nmodel:\n  hidden_dim: 64\n")
     (tmp_path / "b.yaml").write_text("model:\n  backbone: lstm\n")
-    cfg = load_config(Train, [tmp_path / "a.yaml", tmp_path / "b.yaml"], ["steps=5", "model.hidden_dim=16", "targets=[1, 2]"])
+    cfg = load_config(
+        Train,
+        [tmp_path / "a.yaml", tmp_path / "b.yaml"],
+        ["steps=5", "model.hidden_dim=16", "targets=[1, 2]"],
+    )
     assert cfg == Train(lr=0.01, steps=5, targets=[1.0, 2.0], model=Model(16, "lstm"))
 
 

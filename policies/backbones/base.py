@@ -55,7 +55,10 @@ class Backbone(nn.Module, ABC):
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         """The fresh state: zeros of `state_shapes()` for `batch_size` sequences."""
         device = self._device() if device is None else torch.device(device)
-        return tuple(torch.zeros((batch_size, *shape), dtype=dtype, device=device) for shape, dtype in self.state_shapes())
+        return tuple(
+            torch.zeros((batch_size, *shape), dtype=dtype, device=device)
+            for shape, dtype in self.state_shapes()
+        )
 
     def forward(
         self, x: Tensor, state: State | None = None, episode_starts: Tensor | None = None
@@ -122,7 +125,9 @@ class Backbone(nn.Module, ABC):
             raise ValueError(f"{name}: expected a floating-point input shaped {layout}, got dtype {x.dtype}")
         param_device = self._device()
         if x.device != param_device:
-            raise ValueError(f"{name}: input is on {x.device} but the parameters are on {param_device}; move one")
+            raise ValueError(
+                f"{name}: input is on {x.device} but the parameters are on {param_device}; move one"
+            )
 
     def _check_starts(self, starts: Tensor, shape: tuple[int, ...], device: torch.device) -> Tensor:
         name = type(self).__name__
@@ -132,7 +137,12 @@ class Backbone(nn.Module, ABC):
         if starts.device != device:
             raise ValueError(f"{name}: episode_starts is on {starts.device} but the input is on {device}")
         if starts.dtype != torch.bool:
-            if starts.is_floating_point() or starts.dtype in (torch.int32, torch.int64, torch.uint8, torch.int8):
+            if starts.is_floating_point() or starts.dtype in (
+                torch.int32,
+                torch.int64,
+                torch.uint8,
+                torch.int8,
+            ):
                 starts = starts != 0
             else:
                 raise ValueError(f"{name}: episode_starts must be bool, got {starts.dtype}")

@@ -26,7 +26,9 @@ def backbone_class(name: str) -> type[Backbone]:
     return getattr(module, class_name)
 
 
-def make_backbone(name: str, input_dim: int, hidden_dim: int, num_layers: int = 1, **options: Any) -> Backbone:
+def make_backbone(
+    name: str, input_dim: int, hidden_dim: int, num_layers: int = 1, **options: Any
+) -> Backbone:
     """Build a backbone by name. Options are the backbone's own keyword arguments (dropout, ...)."""
     cls = backbone_class(name)
     try:
