@@ -210,6 +210,86 @@ def collect(
     return done
 
 
+def collect_policy(
+    env_id: str,
+    policy: str,
+    *,
+    noise: float = 0.0,
+    steps: int | None = None,
+    episodes: int | None = None,
+    num_envs: int = 8,
+    seed: int = 0,
+    asynchronous: bool = False,
+    workers: int = 1,
+    progress: bool = True,
+    description: str = "",
+) -> Collection:
+    """Build the behavior policy `policy` (see `make_policy`) and record it with `collect`.
+
+    `workers > 1` shards the envs and the budget over that many processes, each stepping its own
+    vector env with its own copy of the policy: MuJoCo stepping is the bottleneck, and one process
+    uses one core. Worker i seeds its envs and noise from `seed + 100_000 * i`.
+    """
+    if workers < 1 or workers > num_envs:
+        raise ValueError(f"workers must be between 1 and num_envs={num_envs}, got {workers}")
+    if workers == 1:
+        fn = make_policy(policy, env_id, num_envs=num_envs, noise=noise, seed=seed)
+        return collect(
+            env_id,
+            fn,
+            steps=steps,
+            episodes=episodes,
+            num_envs=num_envs,
+            seed=seed,
+            asynchronous=asynchronous,
+            progress=progress,
+            description=description,
+        )
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    def share(total: int, i: int) -> int:
+        return total // workers + (1 if i < total % workers else 0)
+
+    jobs = []
+    for i in range(workers):
+        jobs.append(
+            dict(
+                env_id=env_id,
+                policy=policy,
+                noise=noise,
+                steps=None if steps is None else share(steps, i),
+                episodes=None if episodes is None else -(-episodes // workers),
+                num_envs=share(num_envs, i),
+                seed=seed + 100_000 * i,
+                asynchronous=asynchronous,
+                progress=progress and i == 0,  # one bar (worker 1's share) is enough to see it move
+                description=f"{description} (worker 1/{workers})",
+            )
+        )
+    begin = time.perf_counter()
+    total = Collection(env_id)
+    # spawn: a forked copy of a process that already holds torch/OpenMP threads can deadlock.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for part in pool.map(_collect_worker, jobs):
+            total.extend(part)
+    if episodes is not None:
+        for name in ("observations", "actions", "rewards", "terminations", "truncations"):
+            setattr(total, name, getattr(total, name)[:episodes])
+    total.seconds = time.perf_counter() - begin  # wall clock of the whole run, not the sum of workers
+    return total
+
+
+def _collect_worker(job: dict[str, Any]) -> Collection:
+    try:
+        import torch
+
+        torch.set_num_threads(1)  # one core per worker
+    except ImportError:
+        pass
+    return collect_policy(**job)
+
+
 def _new_buffer() -> dict[str, list]:
     return {"obs": [], "act": [], "rew": [], "term": [], "trunc": []}
 
@@ -404,6 +484,7 @@ def collect_segments(
     num_envs: int = 8,
     seed: int = 0,
     asynchronous: bool = False,
+    workers: int = 1,
     progress: bool = True,
     label: str = "",
 ) -> Collection:
@@ -415,16 +496,15 @@ def collect_segments(
         remaining -= count
         if count <= 0:
             continue
-        policy = make_policy(
-            segment.policy, env_id, num_envs=num_envs, noise=segment.noise, seed=seed + 1000 * index
-        )
-        part = collect(
+        part = collect_policy(
             env_id,
-            policy,
+            segment.policy,
+            noise=segment.noise,
             steps=count,
             num_envs=num_envs,
             seed=seed + 1000 * index,
             asynchronous=asynchronous,
+            workers=workers,
             progress=progress,
             description=f"{label}{segment.policy}" + (f"+{segment.noise}" if segment.noise else ""),
         )
@@ -440,6 +520,7 @@ def build_suite(
     num_envs: int = 8,
     seed: int = 0,
     asynchronous: bool = False,
+    workers: int = 1,
     progress: bool = True,
     overwrite: bool = False,
     export_dir: str | os.PathLike | None = None,
@@ -476,6 +557,7 @@ def build_suite(
                 num_envs=num_envs,
                 seed=seed,
                 asynchronous=asynchronous,
+                workers=workers,
                 progress=progress,
                 label=f"{tier}: ",
             )

@@ -2,6 +2,7 @@
 
 Examples:
   recurrl collect --env Hopper-v5 --policy tqc --steps 50000 --num-envs 8
+  recurrl collect --env Hopper-v5 --policy tqc --steps 50000 --num-envs 32 --workers 2   (one process per core)
   recurrl collect --env CartPoleNoVel-v1 --policy scripted --noise 0.1 --episodes 50
   recurrl collect --suite d4rl --env Hopper-v5 --steps 100000 --export-hdf5 exports/
 """
@@ -53,6 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--num-envs", type=int, default=8, help="parallel envs; the policy acts on all in one batch"
     )
     parser.add_argument("--async", dest="asynchronous", action="store_true", help="one process per env")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes to shard the envs and steps over (one core each; e.g. 2 on a 2-core machine)",
+    )
     parser.add_argument("--dataset-id", help="Minari id to write (default recurrl/<env>/<policy>-v0)")
     parser.add_argument("--datasets-path", help="write under this folder instead of $MINARI_DATASETS_PATH")
     parser.add_argument("--export-hdf5", help="also write a D4RL-format copy (a file; a folder with --suite)")
@@ -73,11 +80,10 @@ def run(args: argparse.Namespace) -> int:
 
     from envs.collect import (
         build_suite,
-        collect,
+        collect_policy,
         compress_minari_dataset,
         datasets_path,
         format_summary,
-        make_policy,
         suite_dataset_id,
         summarize_collection,
         write_minari,
@@ -104,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
                 num_envs=args.num_envs,
                 seed=args.seed,
                 asynchronous=args.asynchronous,
+                workers=args.workers,
                 progress=not args.no_progress and not args.json,
                 overwrite=args.overwrite,
                 export_dir=args.export_hdf5,
@@ -117,15 +124,16 @@ def run(args: argparse.Namespace) -> int:
         if not args.policy:
             raise ValueError("give --policy (random, scripted or a zoo agent) or --suite d4rl")
         steps = args.steps if args.steps is not None or args.episodes is not None else 1_000_000
-        policy = make_policy(args.policy, args.env, num_envs=args.num_envs, noise=args.noise, seed=args.seed)
-        collection = collect(
+        collection = collect_policy(
             args.env,
-            policy,
+            args.policy,
+            noise=args.noise,
             steps=steps,
             episodes=args.episodes,
             num_envs=args.num_envs,
             seed=args.seed,
             asynchronous=args.asynchronous,
+            workers=args.workers,
             progress=not args.no_progress and not args.json,
             description=args.policy,
         )
