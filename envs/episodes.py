@@ -89,14 +89,7 @@ class OfflineDataset:
         return gym.make(self.env_id, **{**self.env_kwargs, **kwargs})
 
     def normalized_score(self, returns: float | np.ndarray) -> float | np.ndarray:
-        """100 * (R - min) / (max - min) with this dataset's reference returns."""
-        if self.ref_min_score is None or self.ref_max_score is None:
-            raise ValueError(
-                f"dataset {self.name!r} has no reference scores (ref_min_score/ref_max_score), so no "
-                "normalized score can be computed; report raw returns instead"
-            )
-        return (
-            100.0
-            * (np.asarray(returns, dtype=np.float64) - self.ref_min_score)
-            / (self.ref_max_score - self.ref_min_score)
-        )
+        """100 * (R - min) / (max - min) with this dataset's reference returns (see envs.scores)."""
+        from .scores import normalized_score
+
+        return normalized_score(returns, self.ref_min_score, self.ref_max_score, name=f"dataset {self.name!r}")
