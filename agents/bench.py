@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from agents import devices
 from policies.backbones import BACKBONES, Backbone, make_backbone
 
 SCANS: tuple[str, ...] = ("auto", "loop", "log", "triton")
@@ -135,17 +136,8 @@ class BenchConfig:
 
 
 def resolve_device(name: str) -> torch.device:
-    """Parse `--device`; ValueError when it does not exist here."""
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"bad device {name!r}: {error}; use e.g. 'cpu' or 'cuda'") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {name!r} asked for but CUDA is not available on this machine; use --device cpu"
-        )
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    """Parse `--device` (agents.devices.resolve_device); the bench measures CPU and CUDA only."""
+    device = devices.resolve_device(name)
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device {name!r} is not supported by the bench; use 'cpu' or 'cuda'")
     return device

@@ -39,6 +39,7 @@ from agents.checkpoint import (
     write_json_atomic,
 )
 from agents.config import from_dict, save_config, to_dict
+from agents.devices import resolve_device
 from envs.episodes import OfflineDataset
 from policies.decision import DecisionModel, action_loss
 
@@ -62,15 +63,6 @@ RESUMABLE_CHANGES = {
 
 class TrainingDiverged(ValueError):
     """The loss became NaN or infinite."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use device=cpu")
-    return device
 
 
 def seed_everything(seed: int) -> None:
