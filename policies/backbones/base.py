@@ -92,11 +92,10 @@ class Backbone(nn.Module, ABC):
     def check_state(self, state: State, batch_size: int, device: torch.device) -> None:
         """Reject a state from another backbone, configuration or batch size with a clear message."""
         expected = self.state_shapes()
-        where = f"{type(self).__name__}(name={self.name!r}, hidden_dim={self.hidden_dim}, num_layers={self.num_layers})"
         if not isinstance(state, tuple) or len(state) != len(expected):
             got = f"tuple of {len(state)} tensors" if isinstance(state, tuple) else type(state).__name__
             raise ValueError(
-                f"{where}: state must be a tuple of {len(expected)} tensors shaped "
+                f"{self._describe()}: state must be a tuple of {len(expected)} tensors shaped "
                 f"{[(batch_size, *s) for s, _ in expected]}, got {got}; was it made by another backbone? "
                 "Use this backbone's initial_state()."
             )
@@ -105,13 +104,21 @@ class Backbone(nn.Module, ABC):
             if not isinstance(tensor, Tensor) or tuple(tensor.shape) != want:
                 got = tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
                 raise ValueError(
-                    f"{where}: state[{i}] must have shape {want} (batch {batch_size}), got {got}; "
+                    f"{self._describe()}: state[{i}] must have shape {want} (batch {batch_size}), got {got}; "
                     "a state from another backbone, configuration or batch size cannot be used."
                 )
             if tensor.dtype != dtype and not (tensor.is_floating_point() and dtype.is_floating_point):
-                raise ValueError(f"{where}: state[{i}] must have dtype {dtype}, got {tensor.dtype}")
+                raise ValueError(
+                    f"{self._describe()}: state[{i}] must have dtype {dtype}, got {tensor.dtype}"
+                )
             if tensor.device != device:
-                raise ValueError(f"{where}: state[{i}] is on {tensor.device} but the input is on {device}")
+                raise ValueError(
+                    f"{self._describe()}: state[{i}] is on {tensor.device} but the input is on {device}"
+                )
+
+    def _describe(self) -> str:
+        """For error messages only (formatted on failure, not on every per-tick check)."""
+        return f"{type(self).__name__}(name={self.name!r}, hidden_dim={self.hidden_dim}, num_layers={self.num_layers})"
 
     def _check_x(self, x: Tensor, ndim: int, layout: str) -> None:
         name = type(self).__name__
