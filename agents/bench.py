@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from agents import devices
 from policies.backbones import BACKBONES, Backbone, make_backbone
 
-SCANS: tuple[str, ...] = ("auto", "loop", "log", "triton")
+SCANS: tuple[str, ...] = ("auto", "loop", "log", "numba", "triton")
 LEVELS: tuple[str, ...] = ("scan", "layer", "backbone")
 MIN_GRU_FAMILY = ("mingru", "minlstm")
 # Classic Decision Transformer (Chen et al. 2021): K=20 timesteps x (return-to-go, state, action) tokens.
@@ -436,20 +436,26 @@ def effective_scans(config: BenchConfig, device: torch.device) -> list[str]:
 def plan(config: BenchConfig, device: torch.device) -> list[Job]:
     """Every row the configuration asks for, in the order they are measured and shown."""
     jobs: list[Job] = []
-    cuda_only = None if device.type == "cuda" else "cuda only"
     scans = effective_scans(config, device)
+
+    def skip_reason(scan: str) -> str | None:
+        if scan == "triton" and device.type != "cuda":
+            return "cuda only"
+        if scan == "numba" and device.type != "cpu":
+            return "cpu only"
+        return None
 
     def scans_for(family: str) -> list[tuple[str | None, str | None]]:
         # (scan, skip reason); the RNN baselines have no scan option.
         if family not in MIN_GRU_FAMILY:
             return [(None, None)]
-        return [(scan, cuda_only if scan == "triton" else None) for scan in scans]
+        return [(scan, skip_reason(scan)) for scan in scans]
 
     families = [name for name in ("mingru", "minlstm", "lstm", "gru") if name in config.backbones]
     if "scan" in config.levels and "mingru" in config.backbones:
         # minGRU's recurrence alone: scan.gated_scan_tm on pre-activations [T, B, 2H].
         for scan in [s for s in scans if s != "auto"]:
-            skip = cuda_only if scan == "triton" else None
+            skip = skip_reason(scan)
             for length in config.seq_lens:
                 jobs.append(
                     Job(

@@ -1,13 +1,21 @@
-"""Scan backends (loop, log) against a plain float64 recurrence, with h0 and resets."""
+"""Scan backends (loop, log, numba) against a plain float64 recurrence, with h0 and resets."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from policies.backbones.scan import g_activation, gated_scan, log_g, resolve_backend, scan
+import policies.backbones.scan as scan_module
+from policies.backbones.scan import (
+    g_activation,
+    gated_scan,
+    log_g,
+    minlstm_scan_tm,
+    resolve_backend,
+    scan,
+)
 
-BACKENDS = ["loop", "log"]
+BACKENDS = ["loop", "log", "numba"]
 
 
 def reference(
@@ -166,8 +174,33 @@ def test_bad_inputs_raise_value_error() -> None:
         scan(torch.rand(1, 4, 2), -torch.rand(1, 4, 2), backend="log")
 
 
-def test_auto_is_loop_on_cpu_and_triton_needs_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert resolve_backend("auto", torch.device("cpu")) == "loop"
+@pytest.mark.parametrize("backend", ["log", "numba"])
+def test_minlstm_backends_match_fused_loop(backend: str) -> None:
+    """minLSTM through the gated kernels (k = log i - log f) == the loop backend's own fused minLSTM."""
+    gen = torch.Generator().manual_seed(8)
+    pre = (3 * torch.randn(29, 3, 3 * 4, generator=gen, dtype=torch.float64)).requires_grad_()
+    h0 = torch.randn(3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    starts = torch.rand(29, 3, generator=gen) < 0.15
+    grad = torch.randn(29, 3, 4, generator=gen, dtype=torch.float64)
+    results = []
+    for name in ("loop", backend):
+        h = minlstm_scan_tm(pre, h0, starts, name)
+        (h * grad).sum().backward()
+        results.append((h.detach(), pre.grad.clone(), h0.grad.clone()))
+        pre.grad, h0.grad = None, None
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_auto_backend_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_backend("auto", torch.device("cpu")) == "numba"
+    with pytest.raises(ValueError, match="CPU"):
+        resolve_backend("numba", torch.device("cuda"))
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="CUDA"):
         resolve_backend("triton", torch.device("cpu"))
+    # Without numba installed, CPU falls back to the loop, and asking for numba says how to get it.
+    monkeypatch.setattr(scan_module, "numba_available", lambda: False)
+    assert resolve_backend("auto", torch.device("cpu")) == "loop"
+    with pytest.raises(ValueError, match="pip install numba"):
+        resolve_backend("numba", torch.device("cpu"))

@@ -12,15 +12,18 @@ Two entry points, both batch first:
 
 Backends (all accumulate in fp32, also under bf16 autocast; outputs are fp32):
 - "loop": linear space, a Python loop over time in a custom autograd.Function whose backward is
-  the reverse loop (dh_t = g_t + a_{t+1} dh_{t+1}), not a T-node graph. The CPU default: on a
-  2-core CPU it beats every parallel scan (see docs/references.md).
+  the reverse loop (dh_t = g_t + a_{t+1} dh_{t+1}), not a T-node graph. The reference the compiled
+  kernels are tested against, and the CPU fallback without numba.
 - "log": log-space parallel scan (the paper's Heinsen-style scan: prefix sums of log a and
   log-sum-exp of log b), evaluated as a work-efficient associative (odd/even) scan over log2(T)
   levels. Resets are log a = -inf, which the associative form handles exactly: no NaN, and no
   cancellation of large cumulative sums, so fp32 precision does not degrade with T.
   Needs a >= 0 and b > 0 (always true for the gated form; `scan` checks and raises otherwise).
+- "numba": the gated form (minGRU/minLSTM) as one compiled CPU kernel per direction (see
+  numba_scan.py): 2-10x faster than "loop" on CPU (measured in the README). The generic `scan`
+  has no kernel of its own and runs "loop".
 - "triton": fused GPU kernels (see triton_scan.py), CUDA only.
-- "auto": triton for CUDA tensors when triton is installed, else loop.
+- "auto": triton for CUDA tensors when triton is installed; on CPU numba when installed, else loop.
 
 Internally everything runs time-major (`[T, B, H]`) so each step of the loop touches one
 contiguous `[B, H]` slab; the `*_tm` functions are used by the layers, which stay time-major.
@@ -36,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-BACKENDS = ("auto", "loop", "log", "triton")
+BACKENDS = ("auto", "loop", "log", "numba", "triton")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -63,6 +66,10 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+def numba_available() -> bool:
+    return importlib.util.find_spec("numba") is not None
+
+
 def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown scan backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -70,14 +77,21 @@ def check_backend(backend: str) -> str:
         raise ValueError(
             "scan='triton' needs the triton package (pip install triton); use scan='loop' or 'auto'"
         )
+    if backend == "numba" and not numba_available():
+        raise ValueError("scan='numba' needs the numba package (pip install numba); use scan='loop'")
     return backend
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """'auto' -> 'triton' on CUDA (when installed), else 'loop'; checks that 'triton' can run here."""
+    """'auto' -> 'triton' on CUDA, 'numba' on CPU (when installed), else 'loop'; checks that the
+    chosen kernel can run on `device`."""
     check_backend(backend)
     if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "loop"
+        if device.type == "cuda":
+            return "triton" if triton_available() else "loop"
+        return "numba" if device.type == "cpu" and numba_available() else "loop"
+    if backend == "numba" and device.type != "cpu":
+        raise ValueError(f"scan='numba' needs CPU tensors, got {device}; use scan='triton' or 'log' on GPU")
     if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(
             f"scan='triton' needs CUDA tensors, got {device}; use scan='loop' on CPU "
@@ -341,7 +355,7 @@ def scan_tm(
 ) -> Tensor:
     """Time-major scan: a, b [T, B, H], h0 [B, H], starts_tm [T, B] bool -> h [T, B, H] fp32."""
     backend = resolve_backend(backend, a.device)
-    if backend == "loop":
+    if backend in ("loop", "numba"):  # the compiled kernel is for the gated form only
         return _loop_scan_tm(a, b, h0, starts_tm)
     if backend == "log":
         return _log_scan_tm(a, b, h0, starts_tm)
@@ -357,6 +371,10 @@ def gated_scan_tm(
     backend = resolve_backend(backend, kp.device)
     if backend == "loop":
         return _gated_loop_tm(kp, h0, starts_tm)
+    if backend == "numba":
+        from .numba_scan import numba_gated_tm
+
+        return numba_gated_tm(acc(kp), h0, starts_tm)
     if backend == "log":
         return _gated_log_tm(kp, h0, starts_tm)
     from .triton_scan import triton_scan_tm
@@ -376,7 +394,8 @@ def minlstm_gate_logit(pre_f: Tensor, pre_i: Tensor) -> Tensor:
 def minlstm_scan_tm(
     pre: Tensor, h0: Tensor | None = None, starts_tm: Tensor | None = None, backend: str = "auto"
 ) -> Tensor:
-    """Time-major minLSTM: pre = [pre_f | pre_i | p] [T, B, 3H] -> h [T, B, H]. The loop backend is fused."""
+    """Time-major minLSTM: pre = [pre_f | pre_i | p] [T, B, 3H] -> h [T, B, H]. The loop backend is fused;
+    the others run the gated form on k = minlstm_gate_logit(pre_f, pre_i)."""
     backend = resolve_backend(backend, pre.device)
     if backend == "loop":
         return _minlstm_loop_tm(pre, h0, starts_tm)
