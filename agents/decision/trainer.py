@@ -39,7 +39,7 @@ from agents.checkpoint import (
     write_json_atomic,
 )
 from agents.config import from_dict, save_config, to_dict
-from agents.devices import resolve_device
+from agents.devices import fused_optimizer_options, resolve_device
 from envs.episodes import OfflineDataset
 from policies.decision import DecisionModel, action_loss
 
@@ -111,7 +111,9 @@ class DecisionTrainer:
         self._check_dataset_env()
         self.model_kwargs = model_kwargs(config, self.dataset)
         self.model: DecisionModel = build_model(self.model_kwargs).to(self.device)
-        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr, betas=(0.9, 0.999))
+        self.optimizer = torch.optim.AdamW(
+            self._param_groups(), lr=config.lr, betas=(0.9, 0.999), **fused_optimizer_options(self.device)
+        )
         warmup = max(config.warmup_steps, 1)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min((s + 1) / warmup, 1.0)
