@@ -152,17 +152,23 @@ class ActorCritic(nn.Module):
             state = state + self.critic_backbone.initial_state(batch_size, device)
         return state
 
-    def _split(self, state: State | None) -> tuple[State | None, State | None]:
+    def split_state(self, state: State | None) -> tuple[State | None, State | None]:
+        """The flat policy state -> (actor backbone's part, critic backbone's part (empty when shared))."""
         if state is None:
             return None, None
         return state[: self._n_actor_state], state[self._n_actor_state :]
+
+    @property
+    def separate_critic(self) -> bool:
+        """The critic has its own backbone: its values can be computed apart from acting (`act`)."""
+        return self.critic_backbone is not None
 
     # ----------------------------------------------------------------- the two modes
     def forward(
         self, obs: Tensor, state: State | None = None, episode_starts: Tensor | None = None
     ) -> tuple[Distribution, Tensor, State]:
         """obs [B, T, obs_dim], episode_starts [B, T] -> (distribution over [B, T] actions, value [B, T], state)."""
-        actor_state, critic_state = self._split(state)
+        actor_state, critic_state = self.split_state(state)
         latent_pi, actor_state = self.actor_backbone(obs, actor_state, episode_starts)  # [B, T, H]
         if self.critic_backbone is None:
             latent_vf, critic_state = latent_pi, ()
@@ -177,7 +183,7 @@ class ActorCritic(nn.Module):
         """One tick. obs [B, obs_dim], episode_starts [B] -> (distribution over [B] actions, value [B], state)."""
         if episode_starts is not None:
             state = mask_state(state, episode_starts.to(torch.bool))
-        actor_state, critic_state = self._split(state)
+        actor_state, critic_state = self.split_state(state)
         latent_pi, actor_state = self.actor_backbone.step(obs, actor_state)  # [B, H]
         if self.critic_backbone is None:
             latent_vf, critic_state = latent_pi, ()
@@ -185,6 +191,36 @@ class ActorCritic(nn.Module):
             latent_vf, critic_state = self.critic_backbone.step(obs, critic_state)
         value = self.critic_head(latent_vf).squeeze(-1)  # [B]
         return self._distribution(self.actor_head(latent_pi)), value, actor_state + critic_state
+
+    def act(
+        self, obs: Tensor, state: State, episode_starts: Tensor | None = None
+    ) -> tuple[Distribution, Tensor | None, State]:
+        """One tick of acting. obs [B, obs_dim], episode_starts [B] -> (distribution, value [B] or None, state).
+
+        With a shared backbone this is `step`. With a separate critic only the actor runs: the value is
+        None and the critic's part of the state is returned unchanged. A rollout then gets all its values
+        at once from `critic_forward` over the whole rollout (one parallel scan instead of a critic step
+        per tick; the same values, since forward and step agree), and evaluation skips the critic.
+        """
+        if not self.separate_critic:
+            return self.step(obs, state, episode_starts)
+        actor_state, critic_state = self.split_state(state)
+        if episode_starts is not None:
+            actor_state = mask_state(actor_state, episode_starts.to(torch.bool))
+        latent_pi, actor_state = self.actor_backbone.step(obs, actor_state)  # [B, H]
+        return self._distribution(self.actor_head(latent_pi)), None, actor_state + critic_state
+
+    def critic_forward(
+        self, obs: Tensor, state: State | None, episode_starts: Tensor | None
+    ) -> tuple[Tensor, State]:
+        """The separate critic alone over whole sequences: obs [B, T, obs_dim], the full policy `state`
+        at the sequences' start (only its critic part is read), episode_starts [B, T]
+        -> (values [B, T], the critic's part of the state after the last step)."""
+        if self.critic_backbone is None:
+            raise ValueError("critic_forward needs a separate critic backbone (shared=False)")
+        _, critic_state = self.split_state(state)
+        latent_vf, critic_state = self.critic_backbone(obs, critic_state, episode_starts)
+        return self.critic_head(latent_vf).squeeze(-1), critic_state
 
     def _distribution(self, out: Tensor) -> Distribution:
         """Actor head output [..., action_dim] -> a distribution whose batch shape is [...]."""

@@ -104,6 +104,13 @@ def test_update_forward_reproduces_rollout_steps(tmp_path, backbone, shared) -> 
             dist, value, _ = trainer.policy(batch.obs, batch.initial_state, batch.episode_starts)
         torch.testing.assert_close(dist.log_prob(batch.actions), batch.log_probs, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(value, batch.values, atol=1e-5, rtol=1e-5)
+        # The values also equal a per-tick replay with `step` (a separate critic's come from one forward).
+        state, stepped = buffer.initial_state, []
+        with torch.no_grad():
+            for t in range(buffer.obs.shape[0]):
+                _, v, state = trainer.policy.step(buffer.obs[t], state, buffer.episode_starts[t])
+                stepped.append(v)
+        torch.testing.assert_close(torch.stack(stepped), buffer.values, atol=1e-5, rtol=1e-5)
         # A minibatch of whole sequences picks the right initial states too.
         sub = batch.select(torch.tensor([2, 0]))
         with torch.no_grad():
@@ -143,10 +150,18 @@ def test_gae_matches_hand_computation_and_cuts_at_dones() -> None:
     torch.testing.assert_close(ret[:, 0], expected + buffer.values[:, 0])
 
 
-def test_truncated_episodes_bootstrap_from_final_obs_with_pre_reset_state(tmp_path) -> None:
-    """On truncation the stored reward is r + gamma * V(final_obs), V from the state that saw the episode."""
+@pytest.mark.parametrize("shared", [True, False])
+def test_truncated_episodes_bootstrap_from_final_obs_with_pre_reset_state(tmp_path, shared) -> None:
+    """On truncation the stored reward is r + gamma * V(final_obs), V from the state that saw the episode
+    (per tick with a shared backbone; after the rollout, batched, with a separate critic)."""
     cfg = _config(
-        tmp_path, env_id="TestConstant-v0", num_envs=2, num_steps=12, normalize_obs=False, gamma=0.9
+        tmp_path,
+        env_id="TestConstant-v0",
+        num_envs=2,
+        num_steps=12,
+        normalize_obs=False,
+        gamma=0.9,
+        shared_backbone=shared,
     )
     trainer = PPOTrainer(cfg)
     final_obs: dict[tuple[int, int], np.ndarray] = {}

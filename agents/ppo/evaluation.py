@@ -1,4 +1,4 @@
-"""Evaluate a PPO checkpoint: a vector env, `policy.step` every tick, state carried and reset per env."""
+"""Evaluate a PPO checkpoint: a vector env, `policy.act` every tick, state carried and reset per env."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def evaluate_ppo_checkpoint(
         while len(returns) < episodes:
             check_finite("observation", obs, env_id, int(length.sum()))
             x = torch.as_tensor(obs_norm(obs, update=False), device=device)
-            dist, _, state = policy.step(x, state, torch.as_tensor(starts, device=device))
+            dist, _, state = policy.act(x, state, torch.as_tensor(starts, device=device))  # actor only
             action = policy.deterministic_action(dist) if deterministic else dist.sample()
             obs, reward, terminated, truncated, _ = envs.step(
                 env_actions(action, spec, envs.single_action_space)

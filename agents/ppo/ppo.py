@@ -1,6 +1,9 @@
-"""Recurrent PPO: roll out with `policy.step` (state carried per env, reset at episode starts), update
+"""Recurrent PPO: roll out with `policy.act` (state carried per env, reset at episode starts), update
 with `policy.forward` over whole per-env sequences (minibatches of whole sequences, each from the
 policy state stored at its start). One loop for every backbone, the MLP control included.
+
+A separate critic does not step during the rollout: its values for the whole rollout come from one
+parallel `critic_forward` after it (forward and step agree), which halves the per-tick model cost.
 
 Logs use Stable-Baselines3's TensorBoard tags so runs overlay SB3 runs.
 """
@@ -29,6 +32,7 @@ from agents.checkpoint import (
     write_json_atomic,
 )
 from agents.config import save_config, to_dict
+from agents.devices import fused_optimizer_options
 from agents.ppo.config import PPOConfig
 from agents.ppo.normalization import ObsNormalizer, RewardScaler
 from agents.ppo.rollout import RolloutBatch, RolloutBuffer
@@ -41,11 +45,6 @@ CHECKPOINT_KIND = "ppo"
 
 def build_policy(config: PPOConfig, spec: SpaceSpec) -> ActorCritic:
     options = dict(config.backbone_options)
-    if config.backbone in ("mingru", "minlstm") and "scan" not in options and config.device == "cpu":
-        # PPO trains on few, short sequences (e.g. 2 x 128 per minibatch): there the log-space
-        # parallel scan beats the backbone's CPU default (a time loop) ~2x in forward+backward (measured).
-        # The scan backend changes no weights, so checkpoints are unaffected.
-        options["scan"] = "log"
     return ActorCritic(
         spec,
         backbone=config.backbone,
@@ -88,7 +87,12 @@ class PPOTrainer:
         except BaseException:
             self.envs.close()
             raise
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
+        self.optimizer = torch.optim.Adam(
+            self.policy.parameters(),
+            lr=config.learning_rate,
+            eps=1e-5,
+            **fused_optimizer_options(self.device),
+        )
         self.obs_norm = ObsNormalizer((self.spec.obs_dim,), config.normalize_obs, config.clip_obs)
         self.reward_scaler = RewardScaler(
             config.num_envs, config.gamma, config.normalize_reward, config.clip_reward
@@ -120,15 +124,24 @@ class PPOTrainer:
 
     @torch.no_grad()
     def collect_rollout(self) -> None:
+        """num_steps ticks of every env into the buffer (obs, actions, log-probs, values, rewards).
+
+        With a separate critic the ticks only run the actor (`policy.act`); the values of the whole
+        rollout, and of the final observations of truncated episodes, come after it from one parallel
+        critic forward (`_critic_values`). With a shared backbone the values come with each tick.
+        """
         cfg, buf = self.config, self.buffer
         buf.initial_state = tuple(s.clone() for s in self.state)
+        truncations: list[tuple[int, Tensor, Tensor]] = []  # (t, env indices, their final obs), deferred
         for t in range(cfg.num_steps):
             obs = self._obs_tensor(self.next_obs, update=True)
             starts = torch.as_tensor(self.next_starts, device=self.device)
-            dist, value, self.state = self.policy.step(obs, self.state, starts)
+            dist, value, self.state = self.policy.act(obs, self.state, starts)
             action = dist.sample()
             buf.obs[t], buf.episode_starts[t], buf.actions[t] = obs, starts, action
-            buf.log_probs[t], buf.values[t] = dist.log_prob(action), value
+            buf.log_probs[t] = dist.log_prob(action)
+            if value is not None:
+                buf.values[t] = value
 
             next_obs, reward, terminated, truncated, infos = self.envs.step(
                 env_actions(action, self.spec, self.envs.single_action_space)
@@ -140,24 +153,59 @@ class PPOTrainer:
             )
             done = np.logical_or(terminated, truncated)
             self._track_episodes(np.asarray(reward, dtype=np.float64), done)
-            scaled = torch.as_tensor(
+            buf.rewards[t] = torch.as_tensor(
                 self.reward_scaler(np.asarray(reward, dtype=np.float64), done), device=self.device
             )
 
-            # Bootstrap truncated episodes with V(final_obs), computed from the state that has seen the
-            # whole episode (the pre-reset state returned by this step).
+            # Truncated episodes are bootstrapped with V(final_obs), computed from the critic state that
+            # has seen the whole episode (the pre-reset state of this step).
             bootstrap = np.flatnonzero(np.logical_and(truncated, ~np.asarray(terminated)))
             if bootstrap.size:
                 final_obs = np.stack([infos["final_obs"][i] for i in bootstrap])
                 check_finite("final observation", final_obs, cfg.env_id, self.global_step)
                 index = torch.as_tensor(bootstrap, device=self.device)
-                _, final_value, _ = self.policy.step(
-                    self._obs_tensor(final_obs, update=False), tuple(s[index] for s in self.state)
-                )
-                scaled[index] += cfg.gamma * final_value
-            buf.rewards[t] = scaled
+                final_x = self._obs_tensor(final_obs, update=False)
+                if value is None:
+                    truncations.append((t, index, final_x))
+                else:
+                    _, final_value, _ = self.policy.step(final_x, tuple(s[index] for s in self.state))
+                    buf.rewards[t, index] += cfg.gamma * final_value
             buf.dones[t] = torch.as_tensor(done, dtype=torch.float32, device=self.device)
             self.next_obs, self.next_starts = next_obs, done
+        if self.policy.separate_critic:
+            self._critic_values(truncations)
+
+    def _critic_values(self, truncations: list[tuple[int, Tensor, Tensor]]) -> None:
+        """Separate critic: buffer values from one forward over the rollout's [N, T] sequences, from the
+        state stored at its start, then gamma * V(final_obs) added to the truncated steps' rewards.
+
+        V(final_obs) of env i truncated at tick t is the critic's output after obs[i, :t+1] followed
+        by final_obs: one more batched forward over those prefixes (padded at the end, which a causal
+        model never reads).
+        """
+        buf, gamma = self.buffer, self.config.gamma
+        obs, starts = buf.obs.transpose(0, 1), buf.episode_starts.transpose(0, 1)  # [N, T, D], [N, T]
+        values, critic_state = self.policy.critic_forward(obs, buf.initial_state, starts)
+        buf.values.copy_(values.transpose(0, 1))
+        actor_state, _ = self.policy.split_state(self.state)
+        self.state = actor_state + critic_state
+        if not truncations:
+            return
+        events = [
+            (t, int(i), x) for t, index, final_x in truncations for i, x in zip(index, final_x, strict=True)
+        ]
+        length = max(t for t, _, _ in events) + 2
+        seq = obs.new_zeros(len(events), length, obs.shape[-1])
+        seq_starts = torch.zeros(len(events), length, dtype=torch.bool, device=obs.device)
+        for e, (t, i, x) in enumerate(events):
+            seq[e, : t + 1], seq[e, t + 1] = obs[i, : t + 1], x
+            seq_starts[e, : t + 1] = starts[i, : t + 1]
+        env_index = torch.as_tensor([i for _, i, _ in events], device=obs.device)
+        initial = tuple(s[env_index] for s in buf.initial_state)
+        final_values, _ = self.policy.critic_forward(seq, initial, seq_starts)
+        ticks = torch.as_tensor([t for t, _, _ in events], device=obs.device)
+        final_values = final_values[torch.arange(len(events), device=obs.device), ticks + 1]
+        buf.rewards.index_put_((ticks, env_index), gamma * final_values, accumulate=True)
 
     def _track_episodes(self, reward: np.ndarray, done: np.ndarray) -> None:
         self.running_return += reward
