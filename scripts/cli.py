@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"recurrl {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130  # Ctrl-C / SIGTERM: the trainers have saved their checkpoint and said how to resume
     return int(result or 0)
 
 

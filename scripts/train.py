@@ -115,10 +115,7 @@ def run(args: argparse.Namespace) -> int:
         f"{config.model.tokens} tokens, K={config.context_length}) on {trainer.dataset.name} "
         f"({len(trainer.dataset.episodes)} episodes, {trainer.dataset.num_steps:,} steps), device {trainer.device}"
     )
-    try:
-        results = trainer.train()
-    except KeyboardInterrupt:
-        return 130
+    results = trainer.train()
     if results is None:
         return 0
     for name in ("last", "best"):

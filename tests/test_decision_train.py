@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import gymnasium as gym
@@ -158,15 +160,17 @@ def test_interrupt_saves_checkpoint_and_resume_rejects_other_config(
     original = trainer.train_step
 
     def interrupted() -> float:
-        if trainer.step == 3:
-            raise KeyboardInterrupt
+        if trainer.step == 3:  # a scheduler's kill arrives in the middle of step 4
+            os.kill(os.getpid(), signal.SIGTERM)
         return original()
 
     trainer.train_step = interrupted  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
+    # Step 4 was finished, then saved: no half-applied update, nothing lost.
     meta = json.loads((tmp_path / "run/checkpoints/last/meta.json").read_text())
-    assert meta["step"] == 3 and meta["kind"] == "decision"
+    assert meta["step"] == 4 and meta["kind"] == "decision"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed afterwards
     other = tiny_config(tmp_path, "run")
     other.model.hidden_dim = 32
     with pytest.raises(ValueError, match="cannot resume.*model"):

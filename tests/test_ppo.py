@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import gymnasium as gym
 import numpy as np
@@ -244,6 +246,25 @@ def test_train_checkpoint_evaluate_and_resume(tmp_path) -> None:
 
     with pytest.raises(ValueError, match="hidden_dim"):
         PPOTrainer(_config(tmp_path, hidden_dim=32), resume=True)
+
+
+def test_sigint_stops_after_the_iteration_and_saves_it(tmp_path) -> None:
+    cfg = _config(tmp_path, total_steps=64 * 6, checkpoint_every=100)
+    trainer = PPOTrainer(cfg)
+    original = trainer.update
+
+    def update(batch):
+        if trainer.iteration == 2:  # Ctrl-C during the second update
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(batch)
+
+    trainer.update = update  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    meta = json.loads((tmp_path / "run/checkpoints/last/meta.json").read_text())
+    assert meta["iteration"] == 2 and meta["global_step"] == 2 * 64
+    resumed = PPOTrainer(_config(tmp_path, total_steps=64 * 6, checkpoint_every=100), resume=True)
+    assert resumed.train()["global_step"] == 6 * 64
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path) -> None:

@@ -40,6 +40,7 @@ from agents.checkpoint import (
 )
 from agents.config import from_dict, save_config, to_dict
 from agents.devices import fused_optimizer_options, resolve_device
+from agents.stopping import GracefulStop
 from envs.episodes import OfflineDataset
 from policies.decision import DecisionModel, action_loss
 
@@ -275,7 +276,8 @@ class DecisionTrainer:
     def train(self, until: int | None = None) -> dict[str, Any] | None:
         """Train to step `until` (default: config.steps). At config.steps, evaluate and write results.
 
-        Returns the results (or None when stopped before config.steps). Ctrl-C saves `last` first.
+        Returns the results (or None when stopped before config.steps). Ctrl-C or SIGTERM finishes the
+        current step, saves `last`, then raises KeyboardInterrupt (see agents/stopping.py).
         """
         cfg = self.config
         until = cfg.steps if until is None else min(until, cfg.steps)
@@ -288,32 +290,30 @@ class DecisionTrainer:
         last_log_time, last_log_step = time.perf_counter(), self.step
         losses: list[float] = []
         try:
-            while self.step < until:
-                losses.append(self.train_step())
-                bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == until:
-                    now = time.perf_counter()
-                    speed = (self.step - last_log_step) / max(now - last_log_time, 1e-9)
-                    mean_loss = float(np.mean(losses))
-                    writer.add_scalar("train/loss", mean_loss, self.step)
-                    writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
-                    writer.add_scalar("time/steps_per_sec", speed, self.step)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", sps=f"{speed:.1f}")
-                    losses.clear()
-                    last_log_time, last_log_step = time.perf_counter(), self.step
-                if cfg.eval.every and self.step % cfg.eval.every == 0:
-                    self._periodic_eval(writer)
-                    last_log_time = time.perf_counter()  # evaluation time is not training time
-                if self.step % cfg.checkpoint_every == 0 and self.step != until:
-                    self.save("last")
-            self.save("last")
-        except KeyboardInterrupt:
-            self.save("last")
-            bar.close()
-            print(
-                f"\ninterrupted at step {self.step}; checkpoint saved. Continue with: --resume {self.run_dir}"
-            )
-            raise
+            with GracefulStop() as stop:
+                while self.step < until and stop.requested is None:
+                    losses.append(self.train_step())
+                    bar.update(1)
+                    if self.step % cfg.log_every == 0 or self.step == until:
+                        now = time.perf_counter()
+                        speed = (self.step - last_log_step) / max(now - last_log_time, 1e-9)
+                        mean_loss = float(np.mean(losses))
+                        writer.add_scalar("train/loss", mean_loss, self.step)
+                        writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
+                        writer.add_scalar("time/steps_per_sec", speed, self.step)
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", sps=f"{speed:.1f}")
+                        losses.clear()
+                        last_log_time, last_log_step = time.perf_counter(), self.step
+                    if cfg.eval.every and self.step % cfg.eval.every == 0:
+                        self._periodic_eval(writer)
+                        last_log_time = time.perf_counter()  # evaluation time is not training time
+                    if self.step % cfg.checkpoint_every == 0 and self.step != until:
+                        self.save("last")
+                self.save("last")
+            if stop.requested is not None and self.step < until:
+                bar.close()
+                print(f"stopped at step {self.step}; checkpoint saved. Continue with: --resume {self.run_dir}")
+                raise KeyboardInterrupt
         finally:
             bar.close()
             writer.flush()

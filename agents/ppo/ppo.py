@@ -37,6 +37,7 @@ from agents.ppo.config import PPOConfig
 from agents.ppo.normalization import ObsNormalizer, RewardScaler
 from agents.ppo.rollout import RolloutBatch, RolloutBuffer
 from agents.ppo.vec_env import check_finite, make_vector_env
+from agents.stopping import GracefulStop
 from policies.actor_critic import ActorCritic, SpaceSpec
 from policies.backbones.base import State
 
@@ -302,46 +303,57 @@ class PPOTrainer:
             desc=f"ppo-{cfg.backbone} {cfg.env_id}",
         )
         start_time, start_step = time.perf_counter(), self.global_step
+        stop = GracefulStop()
         try:
-            while self.iteration < cfg.num_iterations:
-                self.iteration += 1
-                if cfg.anneal_lr:
-                    frac = 1.0 - (self.iteration - 1) / cfg.num_iterations
-                    self.optimizer.param_groups[0]["lr"] = frac * cfg.learning_rate
-                self.policy.eval()
-                self.collect_rollout()
-                advantages, returns = self.buffer.compute_returns(
-                    self._last_value(), cfg.gamma, cfg.gae_lambda
-                )
-                self.policy.train()
-                logs = self.update(self.buffer.batch(advantages, returns))
-
-                fps = (self.global_step - start_step) / max(time.perf_counter() - start_time, 1e-9)
-                logs.update(
-                    {
-                        "time/fps": fps,
-                        "time/iterations": self.iteration,
-                        "time/total_timesteps": self.global_step,
-                    }
-                )
-                if self.episode_returns:
-                    logs["rollout/ep_rew_mean"] = float(np.mean(self.episode_returns))
-                    logs["rollout/ep_len_mean"] = float(np.mean(self.episode_lengths))
-                    self.history.append(
-                        {"step": self.global_step, "ep_rew_mean": logs["rollout/ep_rew_mean"]}
+            with stop:
+                while self.iteration < cfg.num_iterations and stop.requested is None:
+                    self.iteration += 1
+                    if cfg.anneal_lr:
+                        frac = 1.0 - (self.iteration - 1) / cfg.num_iterations
+                        self.optimizer.param_groups[0]["lr"] = frac * cfg.learning_rate
+                    self.policy.eval()
+                    self.collect_rollout()
+                    advantages, returns = self.buffer.compute_returns(
+                        self._last_value(), cfg.gamma, cfg.gae_lambda
                     )
-                for tag, value in logs.items():
-                    writer.add_scalar(tag, value, self.global_step)
-                bar.update(cfg.batch_size)
-                bar.set_postfix(
-                    ep_rew_mean=f"{logs.get('rollout/ep_rew_mean', float('nan')):.1f}", fps=f"{fps:.0f}"
-                )
-                if self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.num_iterations:
-                    self.save()
+                    self.policy.train()
+                    logs = self.update(self.buffer.batch(advantages, returns))
+
+                    fps = (self.global_step - start_step) / max(time.perf_counter() - start_time, 1e-9)
+                    logs.update(
+                        {
+                            "time/fps": fps,
+                            "time/iterations": self.iteration,
+                            "time/total_timesteps": self.global_step,
+                        }
+                    )
+                    if self.episode_returns:
+                        logs["rollout/ep_rew_mean"] = float(np.mean(self.episode_returns))
+                        logs["rollout/ep_len_mean"] = float(np.mean(self.episode_lengths))
+                        self.history.append(
+                            {"step": self.global_step, "ep_rew_mean": logs["rollout/ep_rew_mean"]}
+                        )
+                    for tag, value in logs.items():
+                        writer.add_scalar(tag, value, self.global_step)
+                    bar.update(cfg.batch_size)
+                    bar.set_postfix(
+                        ep_rew_mean=f"{logs.get('rollout/ep_rew_mean', float('nan')):.1f}", fps=f"{fps:.0f}"
+                    )
+                    if self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.num_iterations:
+                        self.save()
+            stopped = stop.requested is not None and self.iteration < cfg.num_iterations
+            if stopped and self.iteration % cfg.checkpoint_every != 0:
+                self.save()  # the last whole iteration (the periodic checkpoint may be older)
         finally:
             bar.close()
             writer.close()
             self.envs.close()
+        if stopped:
+            print(
+                f"stopped after iteration {self.iteration} ({self.global_step} steps); checkpoint saved in "
+                f"{self.run_dir}. Continue with the same command plus --resume"
+            )
+            raise KeyboardInterrupt
         wall = time.perf_counter() - start_time
         summary = {
             "env_id": cfg.env_id,
