@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from torch.distributions import Categorical
 
 import envs  # noqa: F401  (registers CartPoleNoVel-v1, PendulumNoVel-v1)
 from agents.ppo.config import PPOConfig
@@ -120,6 +121,17 @@ def test_update_forward_reproduces_rollout_steps(tmp_path, backbone, shared) -> 
         torch.testing.assert_close(dist.log_prob(sub.actions), sub.log_probs, atol=1e-5, rtol=1e-5)
     finally:
         trainer.envs.close()
+
+
+def test_fast_categorical_sampling_draws_from_the_distribution() -> None:
+    """ActorCritic.sample (Gumbel-max) has the categorical's frequencies and log-probs."""
+    torch.manual_seed(0)
+    probs = torch.tensor([0.1, 0.2, 0.7])
+    dist = Categorical(logits=probs.log().expand(20_000, 3), validate_args=False)
+    action, log_prob = ActorCritic.sample(dist)
+    frequencies = torch.bincount(action, minlength=3).float() / action.numel()
+    torch.testing.assert_close(frequencies, probs, atol=0.015, rtol=0)  # ~5 standard errors
+    torch.testing.assert_close(log_prob, dist.log_prob(action))
 
 
 def test_memory_matters_for_recurrent_policy_not_mlp() -> None:

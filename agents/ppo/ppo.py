@@ -138,9 +138,8 @@ class PPOTrainer:
             obs = self._obs_tensor(self.next_obs, update=True)
             starts = torch.as_tensor(self.next_starts, device=self.device)
             dist, value, self.state = self.policy.act(obs, self.state, starts)
-            action = dist.sample()
+            action, buf.log_probs[t] = self.policy.sample(dist)
             buf.obs[t], buf.episode_starts[t], buf.actions[t] = obs, starts, action
-            buf.log_probs[t] = dist.log_prob(action)
             if value is not None:
                 buf.values[t] = value
 
