@@ -25,7 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones.base import State, count_parameters
+from .backbones.base import (
+    State,
+    count_parameters,
+    run_dropout,
+    run_embedding,
+    run_layer_norm,
+    run_linear,
+)
 from .backbones.registry import make_backbone
 
 TokenLayout = Literal["triple", "fused"]
@@ -128,23 +135,32 @@ class DecisionModel(nn.Module):
 
         returns_to_go [..., 1] raw; states [..., S] raw; actions in model units ([..., A] in [-1, 1],
         or [...] indices with -1 meaning "no action yet" for discrete); timesteps [...] int.
+        Functional calls on the layers' parameters (see backbones.base.run_linear): the per-tick step
+        runs this at every tick, where Module calls cost more than the arithmetic.
         """
-        time = self.embed_timestep(timesteps.long().clamp(0, self.max_timestep - 1))
-        ret = self.embed_return(returns_to_go / self.return_scale)
-        state = self.embed_state(self.normalize_states(states))
+        time = run_embedding(self.embed_timestep, timesteps.long().clamp(0, self.max_timestep - 1))
+        ret = run_linear(self.embed_return, returns_to_go / self.return_scale)
+        state = run_linear(self.embed_state, self.normalize_states(states))
         if self.discrete:
-            act = self.embed_action(actions.long() + 1)  # index 0 = "no previous action"
+            act = run_embedding(self.embed_action, actions.long() + 1)  # index 0 = "no previous action"
         else:
-            act = self.embed_action(actions)
+            act = run_linear(self.embed_action, actions)
         return ret, state, act, time
 
     def _tokens(self, x: Tensor) -> Tensor:
-        return self.embed_dropout(self.embed_ln(x))
+        """Summed embeddings [..., H] -> backbone input tokens [..., H] (LayerNorm, dropout)."""
+        return run_dropout(self.embed_dropout, run_layer_norm(self.embed_ln, x))
 
     def _action_out(self, h: Tensor) -> Tensor:
         """Backbone output [..., H] -> tanh action in [-1, 1] [..., A], or logits [..., A] (discrete)."""
-        out = self.head(h)
+        out = run_linear(self.head, h)
         return out if self.discrete else torch.tanh(out)
+
+    def _forget_actions(self, actions: Tensor, starts: Tensor) -> Tensor:
+        """Previous actions -> "none" (0, or index -1 when discrete) where an episode starts.
+        actions [..., A] in model units or [...] indices, starts [...] bool -> same shape as actions."""
+        mask = starts if self.discrete else starts.unsqueeze(-1)
+        return torch.where(mask, -1 if self.discrete else 0.0, actions)  # one op per tick, dtype kept
 
     # ------------------------------------------------------------------ training: whole sequences
     def forward(
@@ -188,8 +204,7 @@ class DecisionModel(nn.Module):
         none = -1 if self.discrete else 0.0
         prev = torch.cat([torch.full_like(actions[:, :1], none), actions[:, :-1]], dim=1)
         if episode_starts is not None:
-            mask = episode_starts.bool() if self.discrete else episode_starts.bool().unsqueeze(-1)
-            prev = torch.where(mask, torch.full_like(prev, none), prev)
+            prev = self._forget_actions(prev, episode_starts.bool())
         return prev
 
     # ------------------------------------------------------------------ acting: one tick
@@ -218,14 +233,14 @@ class DecisionModel(nn.Module):
             if not bool(starts.all()):
                 # The action token of the previous tick. For rows whose episode starts now it is fed too
                 # (batched), but the R_t step below resets their state, so it is forgotten.
-                prev_time = self.embed_timestep((timesteps.long() - 1).clamp(0, self.max_timestep - 1))
+                prev_time = run_embedding(
+                    self.embed_timestep, (timesteps.long() - 1).clamp(0, self.max_timestep - 1)
+                )
                 _, state = self.backbone.step(self._tokens(act + prev_time), state)
             _, state = self.backbone.step(self._tokens(ret + time), state, starts)
             h, state = self.backbone.step(self._tokens(sta + time), state)
         else:
-            none = -1 if self.discrete else 0.0
-            mask = starts if self.discrete else starts.unsqueeze(-1)
-            prev = torch.where(mask, torch.full_like(prev_actions, none), prev_actions)
+            prev = self._forget_actions(prev_actions, starts)
             ret, sta, act, time = self._embed(returns_to_go, states, prev, timesteps)
             h, state = self.backbone.step(self._tokens(ret + sta + act + time), state, starts)
         return self._action_out(h), state

@@ -12,7 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Measure the Decision agent side by side for each backbone (medians of interleaved rounds):\n"
             "  train  optimizer steps/s at the same width, depth, batch and K\n"
-            "  tick   per-tick inference: the backbone's step against re-encoding the last K steps (classic DT)\n"
+            "  tick   per-tick inference: DT-minGRU's step (--tokens, fused) against the classic DT, a\n"
+            "         Transformer re-encoding its last K steps (--baseline-tokens, triple); each backbone's\n"
+            "         step and window are reported, for every --batch size\n"
             "  eval   wall time of N episodes with N parallel envs (give a trained CHECKPOINT for real lengths)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -48,11 +50,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--context-length", type=int, default=20)
     parser.add_argument(
-        "--tokens", choices=["triple", "fused"], default="triple", help="DT's layout by default"
+        "--tokens",
+        choices=["triple", "fused"],
+        default=None,
+        help="token layout of the models under test (default: fused for tick, the CPU layout; "
+        "triple, DT's, for train and eval)",
+    )
+    parser.add_argument(
+        "--baseline-tokens",
+        choices=["triple", "fused"],
+        default="triple",
+        help="tick: token layout of the Transformer baseline (classic DT: triple)",
     )
     parser.add_argument("--steps", type=int, default=10, help="train: steps per round")
     parser.add_argument("--ticks", type=int, default=200, help="tick: ticks per round")
-    parser.add_argument("--batch", type=int, default=1, help="tick: envs acting at once")
+    parser.add_argument(
+        "--batch", type=int, nargs="+", default=[1, 10], help="tick: envs acting at once (each size measured)"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--num-envs", type=int, default=10)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from policies.backbones import BACKBONES, count_parameters, hidden_dim_for_budget, make_backbone, mask_state
+from policies.backbones.base import run_dropout, run_embedding, run_layer_norm, run_linear
 
 NAMES = sorted(BACKBONES)
 D_IN, HIDDEN = 5, 16
@@ -114,3 +115,60 @@ def test_hidden_dim_for_budget_matches_parameter_budget(name):
     assert width % 8 == 0
     assert count_parameters(make_backbone(name, 11, width, 2)) <= budget
     assert count_parameters(make_backbone(name, 11, width + 8, 2)) > budget
+
+
+def test_mask_state_gives_exact_zeros_even_from_inf_and_nan_and_keeps_dtypes():
+    state = (
+        torch.tensor([[float("inf"), -1.0], [float("nan"), 2.0]]),
+        torch.tensor([3, 4]),
+        torch.ones(2, 3, dtype=torch.bfloat16),
+    )
+    masked = mask_state(state, torch.tensor([True, False]))
+    assert masked[0][0].eq(0).all() and not masked[0][0].signbit().any()
+    assert masked[0][1].isnan().any() and masked[0][1, 1] == 2.0  # rows that go on are untouched
+    assert masked[1].tolist() == [0, 4] and masked[1].dtype == torch.int64
+    assert masked[2].dtype == torch.bfloat16 and masked[2].sum() == 3
+
+
+@pytest.mark.parametrize("name", ["mingru", "transformer"])
+def test_device_check_follows_moves_and_loads(name):
+    """The parameters' device is cached for the per-tick check; moving or loading the module refreshes it."""
+    model = make_backbone(name, D_IN, HIDDEN, 2)
+    weights = model.state_dict()
+    x, state = torch.randn(2, D_IN), model.initial_state(2)
+    model.step(x, state)  # caches "cpu"
+    torch.nn.Sequential(model).to("meta")  # moved through a parent module
+    with pytest.raises(ValueError, match="parameters are on meta"):
+        model.step(x, state)
+    model.load_state_dict(weights, assign=True)  # back on the CPU by swapping tensors
+    y, _ = model.step(x, state)
+    assert y.device.type == "cpu"
+
+
+def test_functional_calls_equal_the_module_calls():
+    """run_* (the per-tick path) give exactly what calling the module gives, parametrized weights included."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 6)
+    layers = [torch.nn.Linear(6, 4), torch.nn.Linear(6, 4, bias=False)]
+    parametrized = torch.nn.Linear(6, 4)
+    torch.nn.utils.parametrize.register_parametrization(parametrized, "weight", _Double())
+    for layer in [*layers, parametrized]:
+        assert torch.equal(run_linear(layer, x), layer(x))
+    for norm in (torch.nn.LayerNorm(6), torch.nn.LayerNorm(6, elementwise_affine=False)):
+        if norm.weight is not None:
+            torch.nn.init.normal_(norm.weight)
+        assert torch.equal(run_layer_norm(norm, x), norm(x))
+    embedding = torch.nn.Embedding(5, 4, padding_idx=0)
+    index = torch.tensor([[0, 3], [4, 1]])
+    assert torch.equal(run_embedding(embedding, index), embedding(index))
+    drop = torch.nn.Dropout(0.5)
+    assert run_dropout(drop.eval(), x) is x and run_dropout(torch.nn.Dropout(0.0).train(), x) is x
+    torch.manual_seed(1)
+    got = run_dropout(drop.train(), x)
+    torch.manual_seed(1)
+    assert torch.equal(got, drop(x))
+
+
+class _Double(torch.nn.Module):
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return 2 * weight

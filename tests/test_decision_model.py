@@ -162,3 +162,73 @@ def test_bad_arguments_raise_clear_errors() -> None:
         DecisionModel(STATE_DIM, ACT_DIM, backbone_name="nope")
     with pytest.raises(ValueError, match="finite bounds"):
         DecisionModel(STATE_DIM, ACT_DIM, backbone_name="gru", action_low=np.full(3, -np.inf))
+
+
+def test_state_dict_keys_are_those_of_saved_checkpoints() -> None:
+    """The lean per-tick path must not rename anything: checkpoints written before still load."""
+    model = make_model("mingru", "fused")
+    block = [
+        "norm1.weight",
+        "norm1.bias",
+        "cell.proj.weight",
+        "cell.proj.bias",
+        "norm2.weight",
+        "norm2.bias",
+        "mlp.0.weight",
+        "mlp.0.bias",
+        "mlp.2.weight",
+        "mlp.2.bias",
+    ]
+    expected = [
+        "obs_mean",
+        "obs_std",
+        "action_low",
+        "action_high",
+        "embed_timestep.weight",
+        "embed_return.weight",
+        "embed_return.bias",
+        "embed_state.weight",
+        "embed_state.bias",
+        "embed_action.weight",
+        "embed_action.bias",
+        "embed_ln.weight",
+        "embed_ln.bias",
+        "backbone.input_proj.weight",
+        "backbone.input_proj.bias",
+        *(f"backbone.blocks.{i}.{key}" for i in range(2) for key in block),
+        "backbone.norm.weight",
+        "backbone.norm.bias",
+        "head.weight",
+        "head.bias",
+    ]
+    assert list(model.state_dict()) == expected
+    fresh = make_model("mingru", "fused")
+    fresh.load_state_dict(model.state_dict())  # strict
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_step_forgets_the_previous_action_where_an_episode_starts(discrete: bool) -> None:
+    """Fused tokens: a_{t-1} of a row whose episode starts is replaced by "none", whatever it was."""
+    model = make_model("mingru", "fused", discrete=discrete)
+    rtg, states, _, timesteps, _ = random_batch(2, 4, discrete=discrete)
+    none = torch.full((2,), -1) if discrete else torch.zeros(2, ACT_DIM)
+    junk = torch.tensor([2, 1]) if discrete else torch.full((2, ACT_DIM), 0.7)
+    starts = torch.tensor([True, False])
+    with torch.no_grad():
+        state = model.initial_state(2)
+        got, _ = model.step(rtg[:, 0], states[:, 0], junk, timesteps[:, 0], state, starts)
+        want, _ = model.step(rtg[:, 0], states[:, 0], none, timesteps[:, 0], state, starts)
+    torch.testing.assert_close(got[0], want[0])  # row 0 starts: its previous action is ignored
+    assert (got[1] - want[1]).abs().max() > 1e-6  # row 1 goes on: it is used
+
+
+def test_training_mode_dropout_matches_the_modules() -> None:
+    """The functional token path draws dropout exactly like the nn.Dropout/nn.LayerNorm modules."""
+    model = make_model("mingru", "fused", dropout=0.3).train()
+    x = torch.randn(4, 6, model.hidden_dim)
+    torch.manual_seed(7)
+    got = model._tokens(x)
+    torch.manual_seed(7)
+    want = model.embed_dropout(model.embed_ln(x))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert (got == 0).any()  # dropout did act

@@ -10,7 +10,7 @@ from policies.backbones.mingru import MinGRU, MinGRULayer
 from policies.backbones.minlstm import MinLSTM, MinLSTMLayer
 
 BACKBONES = ["mingru", "minlstm"]
-BACKENDS = ["loop", "log"]
+BACKENDS = ["loop", "log", "numba"]
 
 
 def paper_g(x: torch.Tensor) -> torch.Tensor:
@@ -203,5 +203,42 @@ def test_layer_gradients_exact_and_backends_agree(layer_cls) -> None:
         h, _ = layer(x, h0, starts)
         (h * torch.linspace(-1, 1, 4, dtype=torch.float64)).sum().backward()
         grads[backend] = [p.grad.clone() for p in layer.parameters()]
-    for got, want in zip(grads["loop"], grads["log"], strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    for backend in BACKENDS[1:]:
+        for got, want in zip(grads[backend], grads["loop"], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def module_block_step(block, u: torch.Tensor, h: torch.Tensor):
+    """ResidualBlock.step written with plain module calls: what the functional fast path must equal."""
+    h = block.cell.step(block.norm1(u), h)
+    u = u + block.drop(block.out(h.to(u.dtype)))
+    if block.mlp is not None:
+        u = u + torch.nn.Sequential.forward(block.mlp, block.norm2(u))
+    return u, h
+
+
+@pytest.mark.parametrize(("expansion", "mlp_ratio"), [(1.0, 2.0), (1.5, 2.0), (2.0, 0.0)])
+@pytest.mark.parametrize("training", [False, True])
+def test_block_fast_path_equals_module_calls(expansion: float, mlp_ratio: float, training: bool) -> None:
+    """Functional calls on the modules' parameters: same values and same dropout draws as calling the
+    modules (with and without the output projection and the MLP, in eval and in training mode)."""
+    torch.manual_seed(6)
+    model = make_backbone(
+        "mingru", 5, 12, num_layers=2, expansion_factor=expansion, mlp_ratio=mlp_ratio, dropout=0.2
+    )
+    model.train(training)
+    block = model.blocks[0]
+    u, h = torch.randn(3, 12), torch.randn(3, model.inner_dim)
+    torch.manual_seed(7)
+    got = block.step(u, h)
+    torch.manual_seed(7)
+    want = module_block_step(block, u, h)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    if block.mlp is not None:
+        x = torch.randn(2, 4, 12)
+        torch.manual_seed(8)
+        got_mlp = block.mlp(x)
+        torch.manual_seed(8)
+        torch.testing.assert_close(got_mlp, torch.nn.Sequential.forward(block.mlp, x), rtol=0, atol=0)
+        assert [k for k, _ in block.mlp.named_parameters()] == ["0.weight", "0.bias", "2.weight", "2.bias"]

@@ -1,7 +1,7 @@
 """Speed measurements of the Decision agent (the README's numbers come from here).
 
     recurrl bench-decision train      # train steps/s, minGRU vs Transformer, same size
-    recurrl bench-decision tick       # per-tick inference: step vs window re-encode
+    recurrl bench-decision tick       # per-tick inference: minGRU step vs classic DT's window re-encode
     recurrl bench-decision eval [CHECKPOINT]   # wall time of 10 Hopper episodes, 10 envs
 
 Timings on a shared CPU are noisy: backbones are measured interleaved, in rounds, and medians are
@@ -24,7 +24,8 @@ from .config import DecisionConfig
 from .model_io import build_model, model_kwargs
 
 
-def _config(backbone: str, args: argparse.Namespace) -> DecisionConfig:
+def _config(backbone: str, args: argparse.Namespace, tokens: str | None = None) -> DecisionConfig:
+    """The model under test. `tokens` defaults to `--tokens`, else DT's triple layout (train, eval)."""
     config = DecisionConfig(
         dataset=args.dataset, context_length=args.context_length, batch_size=args.batch_size
     )
@@ -33,7 +34,7 @@ def _config(backbone: str, args: argparse.Namespace) -> DecisionConfig:
         args.hidden_dim,
         args.num_layers,
     )
-    config.model.tokens = args.tokens
+    config.model.tokens = tokens or args.tokens or "triple"
     return config
 
 
@@ -73,55 +74,99 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-@torch.inference_mode()
+@torch.inference_mode()  # as in evaluation: no autograd bookkeeping per tick
 def bench_tick(args: argparse.Namespace) -> dict[str, Any]:
-    """Time per env tick for `--batch` envs: `model.step` (state carried) vs re-encoding the K-step window."""
+    """Time per env tick, for each `--batch` size: the model's `step` (state carried) and re-encoding
+    the last K steps (`window`, classic DT), for every backbone in `--backbones`.
+
+    The Transformer is the classic DT baseline and uses `--baseline-tokens` (triple, as DT); the other
+    backbones use `--tokens` (fused by default, the project's CPU layout). Same width, depth and K on
+    both sides. Every (backbone, mode, batch) is timed once per round, rounds interleave them all, and
+    medians over rounds are reported (a shared CPU is noisy).
+    """
     from .trainer import load_training_dataset
 
     dataset = load_training_dataset(args.dataset)
-    k = args.context_length
-    out: dict[str, Any] = {}
-    models = {name: build_model(model_kwargs(_config(name, args), dataset)).eval() for name in args.backbones}
-    s, a, b = models[args.backbones[0]].state_dim, models[args.backbones[0]].act_dim, args.batch
-    rtg, obs, prev = torch.full((b, 1), 3600.0), torch.randn(b, s), torch.zeros(b, a)
-    window = (
-        torch.full((b, k, 1), 3600.0),
-        torch.randn(b, k, s),
-        torch.zeros(b, k, a),
-        torch.arange(k).repeat(b, 1),
-    )
-    starts0 = torch.zeros(b, k, dtype=torch.bool)
-    starts0[:, 0] = True
+    k, ticks = args.context_length, args.ticks
+    tokens = {
+        name: args.baseline_tokens if name == "transformer" else (args.tokens or "fused")
+        for name in args.backbones
+    }
+    models = {
+        name: build_model(model_kwargs(_config(name, args, tokens[name]), dataset)).eval()
+        for name in args.backbones
+    }
+    first_model = next(iter(models.values()))
+    s, a = first_model.state_dim, first_model.act_dim
 
-    def time_step(model) -> float:
-        state = model.initial_state(b)
-        first = torch.ones(b, dtype=torch.bool)
-        not_first = torch.zeros(b, dtype=torch.bool)
-        for t in range(k):  # fill a window's worth of context first (KV cache full for the transformer)
-            _, state = model.step(rtg, obs, prev, torch.full((b,), t), state, first if t == 0 else not_first)
+    def tick_inputs(b: int) -> dict[str, Any]:
+        """Fixed inputs for `b` envs, built outside the timed loops (only the model is timed)."""
+        starts0 = torch.zeros(b, k, dtype=torch.bool)
+        starts0[:, 0] = True
+        return {
+            "rtg": torch.full((b, 1), 3600.0),
+            "obs": torch.randn(b, s),
+            "prev": torch.zeros(b, a),
+            "first": torch.ones(b, dtype=torch.bool),
+            "not_first": torch.zeros(b, dtype=torch.bool),
+            "times": [torch.full((b,), t) for t in range(k + ticks)],
+            "window": (
+                torch.full((b, k, 1), 3600.0),
+                torch.randn(b, k, s),
+                torch.zeros(b, k, a),
+                torch.arange(k).repeat(b, 1),
+                starts0,
+            ),
+        }
+
+    def time_step(model, x: dict[str, Any], n: int) -> float:
+        state = model.initial_state(x["rtg"].shape[0])
+        times = x["times"]
+        # Fill a window's worth of context first (untimed): the Transformer's KV cache is then full.
+        for t in range(k):
+            starts = x["first"] if t == 0 else x["not_first"]
+            _, state = model.step(x["rtg"], x["obs"], x["prev"], times[t], state, starts)
         start = time.perf_counter()
-        for t in range(args.ticks):
-            _, state = model.step(rtg, obs, prev, torch.full((b,), k + t), state, not_first)
-        return (time.perf_counter() - start) / args.ticks
+        for t in range(k, k + n):
+            _, state = model.step(x["rtg"], x["obs"], x["prev"], times[t], state, x["not_first"])
+        return (time.perf_counter() - start) / n
 
-    def time_window(model) -> float:
+    def time_window(model, x: dict[str, Any], n: int) -> float:
         start = time.perf_counter()
-        for _ in range(args.ticks):
-            model(*window, starts0)
-        return (time.perf_counter() - start) / args.ticks
+        for _ in range(n):
+            model(*x["window"])
+        return (time.perf_counter() - start) / n
 
-    rounds: dict[str, list[float]] = {}
-    with torch.inference_mode():  # as in evaluation: no autograd bookkeeping per tick
-        for _ in range(args.rounds):
-            for name, model in models.items():
-                rounds.setdefault(f"{name}/step", []).append(time_step(model))
-                rounds.setdefault(f"{name}/window", []).append(time_window(model))
-    for key, values in rounds.items():
-        out[key + "_us_median"] = 1e6 * statistics.median(values)
-    if "mingru" in models and "transformer" in models:
-        out["transformer_window_over_mingru_step"] = (
-            out["transformer/window_us_median"] / out["mingru/step_us_median"]
-        )
+    modes = {"step": time_step, "window": time_window}
+    inputs = {b: tick_inputs(b) for b in args.batch}
+    cases = [(b, name, mode) for b in args.batch for name in models for mode in modes]
+    for b, name, mode in cases:  # warm-up: first calls allocate and pick kernels
+        modes[mode](models[name], inputs[b], max(1, ticks // 10))
+    rounds: dict[tuple[int, str, str], list[float]] = {case: [] for case in cases}
+    for _ in range(args.rounds):
+        for b, name, mode in cases:
+            rounds[(b, name, mode)].append(modes[mode](models[name], inputs[b], ticks))
+
+    medians: dict[str, dict[str, float]] = {}
+    for (b, name, mode), values in rounds.items():
+        medians.setdefault(f"batch={b}", {})[f"{name}/{mode}"] = round(1e6 * statistics.median(values), 1)
+    out: dict[str, Any] = {
+        "setup": {
+            "hidden_dim": args.hidden_dim,
+            "num_layers": args.num_layers,
+            "context_length": k,
+            "tokens": tokens,
+            "ticks_per_round": ticks,
+            "rounds": args.rounds,
+            "parameters": {name: model.num_parameters() for name, model in models.items()},
+        },
+        "median_us_per_tick": medians,
+    }
+    for name in models:
+        if name != "transformer" and "transformer" in models:
+            out[f"transformer_window_over_{name}_step"] = {
+                key: round(row["transformer/window"] / row[f"{name}/step"], 2) for key, row in medians.items()
+            }
     return out
 
 

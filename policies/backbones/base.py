@@ -14,9 +14,10 @@ inputs first, so every backbone rejects bad shapes, dtypes, devices and foreign 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 State = tuple[Tensor, ...]
@@ -37,6 +38,8 @@ class Backbone(nn.Module, ABC):
         self.input_dim = input_dim
         self.hidden_dim = hidden_dim
         self.num_layers = num_layers
+        # The parameters' device, found once (see `_device`); None = not looked up yet.
+        self._param_device: torch.device | None = None
 
     # ----------------------------------------------------------------- what subclasses provide
     @abstractmethod
@@ -156,15 +159,72 @@ class Backbone(nn.Module, ABC):
         return starts
 
     def _device(self) -> torch.device:
-        for tensor in self.parameters():
-            return tensor.device
-        return torch.device("cpu")
+        """The parameters' device. Cached: walking `parameters()` on every per-tick step costs more
+        than the check itself. Moving the module (.to / .cuda / .cpu / .double ... all go through
+        `_apply`) and loading weights (`load_state_dict(assign=True)` may swap tensors) forget it."""
+        if self._param_device is None:
+            self._param_device = next((p.device for p in self.parameters()), torch.device("cpu"))
+        return self._param_device
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Backbone:
+        self._param_device = None
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._param_device = None
+        super()._load_from_state_dict(*args, **kwargs)
 
 
 def mask_state(state: State, episode_starts: Tensor) -> State:
-    """Zero the state of every batch row whose episode starts now. episode_starts: [B] bool."""
-    keep = ~episode_starts
-    return tuple(s * keep.view(-1, *([1] * (s.ndim - 1))).to(s.dtype) for s in state)
+    """Zero the state of every batch row whose episode starts now. episode_starts: [B] bool.
+
+    One op per state tensor (it runs at every tick): where with a Python 0 keeps each tensor's dtype
+    and measured faster on CPU than masked_fill (~3.9 vs ~4.5 us) or a multiply by the cast mask (~4.9);
+    it also gives exact zeros where a state holds inf or NaN, which multiplying by 0 would not.
+    """
+    return tuple(torch.where(episode_starts.view(-1, *([1] * (s.ndim - 1))), 0, s) for s in state)
+
+
+# ----------------------------------------------------------------- per-tick module calls
+# At batch 1..10 a per-tick step is dominated by eager overhead, not arithmetic: Module.__call__
+# (hook and tracing checks, ~5 us), attribute lookups (a parameter or submodule is reached through
+# nn.Module.__getattr__ only after the normal lookup fails, ~0.7 us each), identity dropouts. These
+# run the very functional op the module's own forward runs, on the module's own parameters (same
+# math, same results, same state_dict); the one difference is that module hooks are not called.
+
+
+def weight_and_bias(module: nn.Module) -> tuple[Tensor, Tensor | None]:
+    """module.weight, module.bias (None if absent), read from the parameter dict when they live there."""
+    params = module._parameters
+    if "weight" in params:
+        return params["weight"], params.get("bias")
+    return module.weight, getattr(module, "bias", None)  # e.g. a parametrized weight (a property)
+
+
+def run_linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    """layer(x): [..., in_features] -> [..., out_features]."""
+    return F.linear(x, *weight_and_bias(layer))
+
+
+def run_layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
+    """norm(x): [..., *normalized_shape] -> same shape."""
+    return F.layer_norm(x, norm.normalized_shape, *weight_and_bias(norm), norm.eps)
+
+
+def run_dropout(drop: nn.Dropout, x: Tensor) -> Tensor:
+    """drop(x), skipped outright where it is the identity (eval mode, or p == 0: no RNG draw either)."""
+    if drop.training and drop.p > 0:
+        return F.dropout(x, drop.p, True, drop.inplace)
+    return x
+
+
+def run_embedding(embedding: nn.Embedding, indices: Tensor) -> Tensor:
+    """embedding(indices): [...] int -> [..., embedding_dim]."""
+    e = embedding
+    weight, _ = weight_and_bias(e)
+    return F.embedding(
+        indices, weight, e.padding_idx, e.max_norm, e.norm_type, e.scale_grad_by_freq, e.sparse
+    )
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:

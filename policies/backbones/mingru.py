@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .base import run_linear
 from .minrnn import MinRNNBackbone, MinRNNLayer
 
 
@@ -22,7 +23,7 @@ class MinGRULayer(MinRNNLayer):
 
     def preactivations(self, x: Tensor) -> Tensor:
         """x [..., input_dim] -> [k | p] [..., 2H]: k = Linear_z(x), p = Linear_h(x)."""
-        return self.proj(x)
+        return run_linear(self.proj, x)  # functional: this runs per layer at every tick (see base.run_linear)
 
 
 class MinGRU(MinRNNBackbone):

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .base import run_linear
 from .minrnn import MinRNNBackbone, MinRNNLayer
 from .scan import acc, minlstm_gate_logit, minlstm_scan_tm
 
@@ -29,12 +30,12 @@ class MinLSTMLayer(MinRNNLayer):
 
     def preactivations(self, x: Tensor) -> Tensor:
         """x [..., input_dim] -> [k | p] [..., 2H] with sigmoid(k) = i / (f + i), p = Linear_h(x)."""
-        pre_f, pre_i, p = self.proj(x).chunk(3, dim=-1)
+        pre_f, pre_i, p = run_linear(self.proj, x).chunk(3, dim=-1)
         return torch.cat([minlstm_gate_logit(pre_f, pre_i), p], dim=-1)
 
     def step(self, x: Tensor, h: Tensor) -> Tensor:
         """One tick: x [B, input_dim], h [B, H] -> h [B, H]. Same ops as the fused loop scan's step."""
-        pre = acc(self.proj(x))
+        pre = acc(run_linear(self.proj, x))  # functional: per layer at every tick (see base.run_linear)
         if h.dtype != pre.dtype:
             h = h.to(pre.dtype)
         hidden = self.hidden_dim
@@ -44,8 +45,8 @@ class MinLSTMLayer(MinRNNLayer):
         return torch.lerp(h, torch.maximum(p + 0.5, torch.sigmoid(p)), z)
 
     def forward_tm(self, x: Tensor, h0: Tensor | None = None, starts_tm: Tensor | None = None) -> Tensor:
-        """Time-major: x [T, B, input_dim], h0 [B, H], starts_tm [T, B] -> h [T, B, H] (fused loop on CPU)."""
-        return minlstm_scan_tm(self.proj(x), h0, starts_tm, self.scan)
+        """Time-major: x [T, B, input_dim], h0 [B, H], starts_tm [T, B] -> h [T, B, H]."""
+        return minlstm_scan_tm(run_linear(self.proj, x), h0, starts_tm, self.scan)
 
 
 class MinLSTM(MinRNNBackbone):

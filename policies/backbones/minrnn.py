@@ -14,9 +14,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Backbone, State
+from .base import Backbone, State, run_dropout, run_layer_norm, run_linear
 from .scan import acc, check_backend, gated_scan_tm
 
 
@@ -75,11 +76,22 @@ class MinRNNLayer(nn.Module):
 
 
 class FeedForward(nn.Sequential):
-    """Linear -> GELU -> Linear -> Dropout, width * ratio inside."""
+    """Linear -> GELU -> Linear -> Dropout, width * ratio inside.
+
+    Still an nn.Sequential (state_dict keys 0.* and 2.*, as in saved checkpoints), but `forward` calls
+    the functional ops on the layers' parameters instead of four Module calls: it runs once per block
+    per tick when acting, where the calls cost more than the arithmetic.
+    """
 
     def __init__(self, width: int, ratio: float, dropout: float) -> None:
         inner = max(1, round(width * ratio))
         super().__init__(nn.Linear(width, inner), nn.GELU(), nn.Linear(inner, width), nn.Dropout(dropout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [..., width] -> [..., width]."""
+        up, act, down, drop = self._modules.values()  # one lookup; self[i] is slower
+        h = F.gelu(run_linear(up, x), approximate=act.approximate)
+        return run_dropout(drop, run_linear(down, h))
 
 
 class ResidualBlock(nn.Module):
@@ -105,19 +117,31 @@ class ResidualBlock(nn.Module):
 
     def forward(self, u: Tensor, h0: Tensor | None, starts_tm: Tensor | None) -> tuple[Tensor, Tensor]:
         """Time-major u [T, B, width], h0 [B, inner] -> (u [T, B, width], h_last [B, inner])."""
-        h = self.cell.forward_tm(self.norm1(u), h0, starts_tm)
-        u = u + self.drop(self.out(h.to(u.dtype)))
-        if self.mlp is not None:
-            u = u + self.mlp(self.norm2(u))
-        return u, h[-1]
+        h = self.cell.forward_tm(run_layer_norm(self.norm1, u), h0, starts_tm)
+        return self._after_cell(u, h), h[-1]
 
     def step(self, u: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """u [B, width], h [B, inner] -> (u [B, width], h [B, inner])."""
-        h = self.cell.step(self.norm1(u), h)
-        u = u + self.drop(self.out(h.to(u.dtype)))
-        if self.mlp is not None:
-            u = u + self.mlp(self.norm2(u))
-        return u, h
+        modules = self._modules  # see _after_cell
+        h = modules["cell"].step(run_layer_norm(modules["norm1"], u), h)
+        return self._after_cell(u, h), h
+
+    def _after_cell(self, u: Tensor, h: Tensor) -> Tensor:
+        """The block after its recurrence, shared by forward and step: u [..., width], cell output
+        h [..., inner] -> u + drop(out(h)), then u + mlp(norm2(u)): [..., width]."""
+        # This runs per block at every tick when acting: functional calls (see base.run_linear), and
+        # submodules read from their dict (nn.Module.__getattr__ is reached only after a failed normal
+        # attribute lookup, ~0.7 us each).
+        modules = self._modules
+        y = h if h.dtype == u.dtype else h.to(u.dtype)  # fp32 h into a bf16 stream under autocast
+        out = modules["out"]
+        if isinstance(out, nn.Linear):  # else nn.Identity: nothing to call
+            y = run_linear(out, y)
+        u = u + run_dropout(modules["drop"], y)
+        mlp = modules.get("mlp")  # None (no MLP) is a plain attribute, not a submodule
+        if mlp is not None:
+            u = u + mlp.forward(run_layer_norm(modules["norm2"], u))
+        return u
 
 
 class MinRNNBackbone(Backbone):
@@ -163,20 +187,21 @@ class MinRNNBackbone(Backbone):
     def _forward(self, x: Tensor, state: State | None, episode_starts: Tensor | None) -> tuple[Tensor, State]:
         """x [B, T, input_dim], episode_starts [B, T] -> (y [B, T, hidden_dim], (h [B, num_layers, inner],))."""
         starts_tm = None if episode_starts is None else episode_starts.transpose(0, 1)
-        u = self.input_proj(x.transpose(0, 1))  # [T, B, hidden]: time-major from here on
+        u = run_linear(self.input_proj, x.transpose(0, 1))  # [T, B, hidden]: time-major from here on
+        h0s = [None] * self.num_layers if state is None else state[0].unbind(1)
         last = []
-        for index, block in enumerate(self.blocks):
-            h0 = None if state is None else state[0][:, index]
+        for block, h0 in zip(self.blocks, h0s, strict=True):
             u, h_last = block(u, h0, starts_tm)
             last.append(h_last)
-        y = self.norm(u).transpose(0, 1).contiguous()
+        y = run_layer_norm(self.norm, u).transpose(0, 1).contiguous()
         return y, (torch.stack(last, dim=1),)
 
     def _step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x [B, input_dim], state ([B, num_layers, inner],) -> (y [B, hidden_dim], state)."""
-        u = self.input_proj(x)
+        u = run_linear(self.input_proj, x)
         new = []
-        for index, block in enumerate(self.blocks):
-            u, h = block.step(u, state[0][:, index])
+        # unbind: every layer's h [B, inner] in one op instead of one slice per layer
+        for block, h in zip(self.blocks, state[0].unbind(1), strict=True):
+            u, h = block.step(u, h)
             new.append(h)
-        return self.norm(u), (torch.stack(new, dim=1),)
+        return run_layer_norm(self.norm, u), (torch.stack(new, dim=1),)
