@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--train-batch", type=int, help="batch size B of the training step (default 64)")
     parser.add_argument("--backbones", type=_name_list, help="comma-separated backbone names (default: all)")
     parser.add_argument(
-        "--scans", type=_name_list, help="minGRU/minLSTM scan backends (default auto,loop,log,triton)"
+        "--scans", type=_name_list, help="minGRU/minLSTM scan backends (default auto,loop,log,numba,triton)"
     )
     parser.add_argument(
         "--levels", type=_name_list, help="comma-separated subset of scan,layer,backbone (default: all three)"
