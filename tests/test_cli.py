@@ -36,3 +36,20 @@ def test_evaluate_prints_a_readable_line_for_ppo_checkpoints(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "[ppo, CartPoleNoVel-v1, mingru, seed 0] return" in out and "(2 episodes, deterministic)" in out
+
+
+def test_bench_decision_tick_reports_every_batch_and_the_ratio(capsys):
+    """The per-tick benchmark, tiny: each batch size gets both backbones' step and window times, and the
+    reported ratio is the Transformer's window over minGRU's step from the same run."""
+    import json
+
+    args = ["bench-decision", "tick", "--hidden-dim", "16", "--num-layers", "1", "--context-length", "4"]
+    assert main([*args, "--ticks", "3", "--rounds", "1", "--batch", "1", "2", "--threads", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["setup"]["tokens"] == {"mingru": "fused", "transformer": "triple"}
+    for batch in ("batch=1", "batch=2"):
+        times = out["median_us_per_tick"][batch]
+        assert set(times) == {"mingru/step", "mingru/window", "transformer/step", "transformer/window"}
+        assert all(t > 0 for t in times.values())
+        ratio = times["transformer/window"] / times["mingru/step"]
+        assert out["transformer_window_over_mingru_step"][batch] == pytest.approx(ratio, rel=1e-2)
