@@ -101,9 +101,10 @@ class NumbaGatedScan(torch.autograd.Function):
 
 
 def numba_gated_tm(kp: Tensor, h0: Tensor | None, starts_tm: Tensor | None) -> Tensor:
-    """minGRU recurrence, time-major: kp = [k | p] [T, B, 2H] (fp32/fp64), h0 [B, H], starts_tm [T, B]."""
-    if kp.device.type != "cpu":
-        raise ValueError(f"scan='numba' runs on CPU tensors, got {kp.device}; use 'triton' or 'log' on GPU")
+    """minGRU recurrence, time-major: kp = [k | p] [T, B, 2H] (fp32/fp64), h0 [B, H], starts_tm [T, B].
+
+    CPU tensors only: `scan.resolve_backend` rejects scan='numba' on any other device before this runs.
+    """
     length, batch, hidden = kp.shape[0], kp.shape[1], kp.shape[2] // 2
     h0 = kp.new_zeros(batch, hidden) if h0 is None else h0.to(kp.dtype)
     keep = kp.new_ones(length, batch) if starts_tm is None else (~starts_tm).to(kp.dtype)
