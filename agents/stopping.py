@@ -25,7 +25,9 @@ class GracefulStop:
         if self.requested is not None:
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
-        print(f"\n{self.requested}: stopping after the current step (send it again to stop at once)", flush=True)
+        print(
+            f"\n{self.requested}: stopping after the current step (send it again to stop at once)", flush=True
+        )
 
     def __enter__(self) -> GracefulStop:
         if threading.current_thread() is threading.main_thread():

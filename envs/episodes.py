@@ -92,4 +92,6 @@ class OfflineDataset:
         """100 * (R - min) / (max - min) with this dataset's reference returns (see envs.scores)."""
         from .scores import normalized_score
 
-        return normalized_score(returns, self.ref_min_score, self.ref_max_score, name=f"dataset {self.name!r}")
+        return normalized_score(
+            returns, self.ref_min_score, self.ref_max_score, name=f"dataset {self.name!r}"
+        )

@@ -39,8 +39,8 @@ def test_evaluate_prints_a_readable_line_for_ppo_checkpoints(tmp_path, capsys):
 
 
 def test_bench_decision_tick_reports_every_batch_and_the_ratio(capsys):
-    """The per-tick benchmark, tiny: each batch size gets both backbones' step and window times, and the
-    reported ratio is the Transformer's window over minGRU's step from the same run."""
+    """The per-tick benchmark, tiny: each batch size gets both backbones' step and window times and minGRU's
+    eager step, and the reported ratios are the Transformer's window over each minGRU step, same run."""
     import json
 
     args = ["bench-decision", "tick", "--hidden-dim", "16", "--num-layers", "1", "--context-length", "4"]
@@ -49,7 +49,14 @@ def test_bench_decision_tick_reports_every_batch_and_the_ratio(capsys):
     assert out["setup"]["tokens"] == {"mingru": "fused", "transformer": "triple"}
     for batch in ("batch=1", "batch=2"):
         times = out["median_us_per_tick"][batch]
-        assert set(times) == {"mingru/step", "mingru/window", "transformer/step", "transformer/window"}
+        assert set(times) == {
+            "mingru/step",
+            "mingru/window",
+            "mingru-eager/step",
+            "transformer/step",
+            "transformer/window",
+        }
         assert all(t > 0 for t in times.values())
-        ratio = times["transformer/window"] / times["mingru/step"]
-        assert out["transformer_window_over_mingru_step"][batch] == pytest.approx(ratio, rel=1e-2)
+        for name in ("mingru", "mingru-eager"):
+            ratio = times["transformer/window"] / times[f"{name}/step"]
+            assert out[f"transformer_window_over_{name}_step"][batch] == pytest.approx(ratio, rel=1e-2)

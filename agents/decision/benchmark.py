@@ -96,6 +96,14 @@ def bench_tick(args: argparse.Namespace) -> dict[str, Any]:
         name: build_model(model_kwargs(_config(name, args, tokens[name]), dataset)).eval()
         for name in args.backbones
     }
+    # minGRU/minLSTM step compiled (numba_step.py, the default on CPU) and eager (scan="loop"): the
+    # same model config's two acting paths, to show what the compiled step buys. Timed for `step` only.
+    eager = {}
+    for name in args.backbones:
+        if name in ("mingru", "minlstm"):
+            config = _config(name, args, tokens[name])
+            config.model.backbone_options["scan"] = "loop"
+            eager[f"{name}-eager"] = build_model(model_kwargs(config, dataset)).eval()
     first_model = next(iter(models.values()))
     s, a = first_model.state_dim, first_model.act_dim
 
@@ -140,6 +148,8 @@ def bench_tick(args: argparse.Namespace) -> dict[str, Any]:
     modes = {"step": time_step, "window": time_window}
     inputs = {b: tick_inputs(b) for b in args.batch}
     cases = [(b, name, mode) for b in args.batch for name in models for mode in modes]
+    cases += [(b, name, "step") for b in args.batch for name in eager]
+    models |= eager
     for b, name, mode in cases:  # warm-up: first calls allocate and pick kernels
         modes[mode](models[name], inputs[b], max(1, ticks // 10))
     rounds: dict[tuple[int, str, str], list[float]] = {case: [] for case in cases}
@@ -163,7 +173,7 @@ def bench_tick(args: argparse.Namespace) -> dict[str, Any]:
         "median_us_per_tick": medians,
     }
     for name in models:
-        if name != "transformer" and "transformer" in models:
+        if name != "transformer" and "transformer" in models:  # also "<name>-eager"
             out[f"transformer_window_over_{name}_step"] = {
                 key: round(row["transformer/window"] / row[f"{name}/step"], 2) for key, row in medians.items()
             }

@@ -312,7 +312,9 @@ class DecisionTrainer:
                 self.save("last")
             if stop.requested is not None and self.step < until:
                 bar.close()
-                print(f"stopped at step {self.step}; checkpoint saved. Continue with: --resume {self.run_dir}")
+                print(
+                    f"stopped at step {self.step}; checkpoint saved. Continue with: --resume {self.run_dir}"
+                )
                 raise KeyboardInterrupt
         finally:
             bar.close()

@@ -27,6 +27,8 @@ class Backbone(nn.Module, ABC):
     """Sequence model with a parallel `forward` and a per-tick `step` that agree."""
 
     name: ClassVar[str] = ""
+    # Attributes derived from the parameters, reset to None whenever those may have changed.
+    _cache_attrs: ClassVar[tuple[str, ...]] = ("_param_device",)
 
     def __init__(self, input_dim: int, hidden_dim: int, num_layers: int = 1) -> None:
         super().__init__()
@@ -166,13 +168,24 @@ class Backbone(nn.Module, ABC):
             self._param_device = next((p.device for p in self.parameters()), torch.device("cpu"))
         return self._param_device
 
+    def _forget_caches(self) -> None:
+        """Drop what was derived from the parameters (`_cache_attrs`): after a move or a load."""
+        for name in self._cache_attrs:
+            setattr(self, name, None)
+
     def _apply(self, fn: Any, recurse: bool = True) -> Backbone:
-        self._param_device = None
+        self._forget_caches()
         return super()._apply(fn, recurse)
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._param_device = None
+        self._forget_caches()
         super()._load_from_state_dict(*args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles start without the caches: they describe the original's tensors."""
+        state = dict(super().__getstate__())
+        state.update(dict.fromkeys(self._cache_attrs))
+        return state
 
 
 def mask_state(state: State, episode_starts: Tensor) -> State:

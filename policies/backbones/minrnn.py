@@ -11,14 +11,14 @@ every scan step works on a contiguous [B, H] slab.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Backbone, State, run_dropout, run_layer_norm, run_linear
-from .scan import acc, check_backend, gated_scan_tm
+from .scan import acc, check_backend, gated_scan_tm, resolve_backend
 
 
 class MinRNNLayer(nn.Module):
@@ -149,9 +149,14 @@ class MinRNNBackbone(Backbone):
 
     State: one tensor [B, num_layers, inner_dim] (the recurrent h of every layer; zeros = fresh),
     inner_dim = round(hidden_dim * expansion_factor).
+
+    `step` runs as one compiled kernel (numba_step.py) where the scan backend resolves to numba (CPU,
+    the default) and nothing needs eager torch: fp32, autograd off, no autocast, no active dropout.
+    Otherwise, and with scan="loop", it runs the eager ops below.
     """
 
     layer_cls: ClassVar[type[MinRNNLayer]]
+    _cache_attrs = ("_param_device", "_fused_step")
 
     def __init__(
         self,
@@ -174,6 +179,10 @@ class MinRNNBackbone(Backbone):
             raise ValueError(f"{name}: dropout must be in [0, 1), got {dropout}")
         self.inner_dim = max(1, round(hidden_dim * expansion_factor))
         self.scan = check_backend(scan)
+        self.dropout = dropout
+        # The compiled step's weight views (numba_step.StepWeights), or why it cannot run (a str);
+        # None = not looked at yet. Dropped on a move or a load (see Backbone._forget_caches).
+        self._fused_step: Any = None
         self.input_proj = nn.Linear(input_dim, hidden_dim)
         self.blocks = nn.ModuleList(
             ResidualBlock(self.layer_cls, hidden_dim, self.inner_dim, mlp_ratio, dropout, scan)
@@ -198,6 +207,12 @@ class MinRNNBackbone(Backbone):
 
     def _step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x [B, input_dim], state ([B, num_layers, inner],) -> (y [B, hidden_dim], state)."""
+        weights = self._step_weights(x, state[0])
+        if weights is not None:
+            from .numba_step import backbone_step
+
+            y, h = backbone_step(weights, x, state[0])
+            return y, (h,)
         u = run_linear(self.input_proj, x)
         new = []
         # unbind: every layer's h [B, inner] in one op instead of one slice per layer
@@ -205,3 +220,28 @@ class MinRNNBackbone(Backbone):
             u, h = block.step(u, h)
             new.append(h)
         return run_layer_norm(self.norm, u), (torch.stack(new, dim=1),)
+
+    def _step_weights(self, x: Tensor, h: Tensor) -> Any:
+        """The compiled step's weights if this tick can run compiled, else None (eager step)."""
+        if (
+            torch.is_grad_enabled()
+            or x.dtype != torch.float32
+            or h.dtype != torch.float32
+            or (self.training and self.dropout > 0)
+            or torch.is_autocast_enabled("cpu")
+        ):
+            return None
+        fused = self._fused_step
+        if fused is None or (not isinstance(fused, str) and not fused.current()):
+            fused = self._fused_step = self._build_fused_step(x.device)
+        return None if isinstance(fused, str) else fused
+
+    def _build_fused_step(self, device: torch.device) -> Any:
+        """numba_step.StepWeights for this backbone, or a str saying why the step stays eager."""
+        backend = resolve_backend(self.scan, device)
+        if backend != "numba":
+            return f"scan={self.scan!r} resolves to {backend!r} on {device}"
+        from .numba_step import StepWeights, unsupported_reason
+
+        reason = unsupported_reason(self)
+        return reason if reason is not None else StepWeights(self)
