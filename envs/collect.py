@@ -324,6 +324,18 @@ def datasets_path(path: str | os.PathLike | None) -> Iterator[None]:
             os.environ["MINARI_DATASETS_PATH"] = saved
 
 
+def check_new_dataset(dataset_id: str, overwrite: bool) -> None:
+    """Refuse an existing dataset id unless `overwrite`: called before recording, so a clash costs
+    nothing instead of the whole recording."""
+    from minari.storage import get_dataset_path
+
+    path = Path(get_dataset_path(dataset_id))
+    if path.exists() and not overwrite:
+        raise ValueError(
+            f"Minari dataset {dataset_id!r} already exists at {path}; pass --overwrite to replace it"
+        )
+
+
 def write_minari(
     collection: Collection,
     dataset_id: str,
@@ -338,12 +350,9 @@ def write_minari(
     import minari
     from minari.storage import get_dataset_path
 
+    check_new_dataset(dataset_id, overwrite)
     path = Path(get_dataset_path(dataset_id))
     if path.exists():
-        if not overwrite:
-            raise ValueError(
-                f"Minari dataset {dataset_id!r} already exists at {path}; pass --overwrite to replace it"
-            )
         minari.delete_dataset(dataset_id)
     env = gym.make(collection.env_id)
     obs_space = env.observation_space
@@ -540,6 +549,8 @@ def build_suite(
     recipes = SUITE_RECIPES[env_id]
     task = d4rl_task_name(env_id)
     ref_min, ref_max = D4RL_REF_SCORES[task] if task else (None, None)
+    for tier in tiers:
+        check_new_dataset(suite_dataset_id(env_id, tier), overwrite)
     recorded: dict[str, Collection] = {}
     results: dict[str, dict[str, Any]] = {}
     needed = set(tiers) | ({"medium", "expert"} if "medium-expert" in tiers else set())

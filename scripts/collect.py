@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     from envs.collect import (
         build_suite,
+        check_new_dataset,
         collect_policy,
         compress_minari_dataset,
         datasets_path,
@@ -124,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.policy:
             raise ValueError("give --policy (random, scripted or a zoo agent) or --suite d4rl")
         steps = args.steps if args.steps is not None or args.episodes is not None else 1_000_000
+        dataset_id = args.dataset_id or suite_dataset_id(args.env, args.policy)
+        check_new_dataset(dataset_id, args.overwrite)
         collection = collect_policy(
             args.env,
             args.policy,
@@ -137,7 +140,6 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress and not args.json,
             description=args.policy,
         )
-        dataset_id = args.dataset_id or suite_dataset_id(args.env, args.policy)
         task = d4rl_task_name(args.env)
         ref_min, ref_max = D4RL_REF_SCORES[task] if task else (None, None)
         recipe = args.policy + (f" + N(0, {args.noise}^2) action noise" if args.noise else "")

@@ -84,7 +84,9 @@ def test_collect_rejects_bad_amounts() -> None:
         collect("CartPoleNoVel-v1", policy, steps=0, num_envs=1)
 
 
-def test_cli_collect_then_dataset_info(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_collect_then_dataset_info(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     hdf5 = tmp_path / "cartpole.hdf5"
     args = [
         "collect",
@@ -110,8 +112,10 @@ def test_cli_collect_then_dataset_info(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["dataset", "info", str(hdf5)]) == 0
     assert f"steps        {summary['steps']}" in capsys.readouterr().out
 
-    # the same id again is refused unless --overwrite
-    assert main(args) == 2
+    # the same id again is refused, before anything is recorded, unless --overwrite
+    with monkeypatch.context() as patch:
+        patch.setattr("envs.collect.collect_policy", lambda *a, **k: pytest.fail("recorded before refusing"))
+        assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
 
@@ -168,7 +172,7 @@ def test_zoo_policies_reach_documented_return_on_hopper(algo: str) -> None:
 
 @pytest.mark.slow
 @needs_zoo
-def test_d4rl_suite_tiers(minari_path: Path, tmp_path: Path) -> None:
+def test_d4rl_suite_tiers(minari_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -183,3 +187,10 @@ def test_d4rl_suite_tiers(minari_path: Path, tmp_path: Path) -> None:
     means = {tier: d.stats.returns.mean() for tier, d in tiers.items()}
     assert means["random"] < means["medium-replay"] < means["expert"]
     assert means["random"] < means["medium"] < means["expert"]
+
+    # Building a tier again is refused before any recording starts (it would be lost at the write).
+    recorded = []
+    monkeypatch.setattr("envs.collect.collect_segments", lambda *a, **k: recorded.append(a))
+    with pytest.raises(ValueError, match="already exists"):
+        build_suite("Hopper-v5", steps=3000, tiers=("expert",), log=lambda _: None)
+    assert recorded == []
