@@ -10,10 +10,13 @@ than torch's matmuls, so outputs agree to float rounding, not bit for bit. The b
 where nothing needs torch: CPU, fp32, no autograd, no active dropout, no autocast (see
 `MinRNNBackbone._step`).
 
-The kernel reads the parameters in place: `StepWeights` keeps zero-copy numpy views of them, so an
-optimizer step or `load_state_dict` (both write into the same storage) is seen at the next tick.
-It is rebuilt when a parameter's storage changes (compared on every call, ~2 us) and when the module
-is moved or loaded with `assign=True` (the backbone drops it in `_apply` / `_load_from_state_dict`).
+The kernel reads the parameters in place, through a table of their storage addresses
+(`StepWeights`), so an optimizer step or `load_state_dict` (both write into the same storage) is seen
+at the next tick. The table is rebuilt when a parameter's storage changes (compared on every call,
+~2 us) and when the module is moved or loaded with `assign=True` (the backbone drops it in `_apply` /
+`_load_from_state_dict`); it holds the parameters themselves, so their storage outlives every call.
+An address table rather than a tuple of arrays: the kernel's signature is then the same for every
+architecture, so it compiles once (~5 s, then cached on disk), not once per number of layers.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ import math
 
 import numpy as np
 import torch
-from numba import njit
+from numba import carray, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 from torch import Tensor, nn
 
-# The layout tables hold indices into the tuple of weight arrays (-1: absent).
+# The layout tables hold indices into the table of parameter addresses (-1: absent).
 # Per block: one row of SLOTS entries.
 NORM1_W, NORM1_B, PROJ_W, PROJ_B, OUT_W, NORM2_W, NORM2_B, UP_W, UP_B, DOWN_W, DOWN_B = range(11)
 SLOTS = 11
@@ -34,13 +39,31 @@ IN_W, IN_B, NORM_W, NORM_B = range(4)
 GRU, LSTM = 0, 1
 
 
+@intrinsic
+def _pointer(typingctx, address):  # type: ignore[no-untyped-def]
+    """int64 address -> void*, for `carray` to view a tensor's storage in place."""
+    if not isinstance(address, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return types.voidptr(address), codegen
+
+
+@njit(cache=True)
+def _param(ws: np.ndarray, i: int, shape: tuple) -> np.ndarray:
+    """Parameter i (fp32, contiguous) as an array of `shape`, read in place from its address ws[i]."""
+    return carray(_pointer(ws[i]), shape, np.float32)
+
+
 @njit(cache=True, fastmath=True)
-def _linear(ws: tuple, w_i: int, b_i: int, x: np.ndarray, out_dim: int) -> np.ndarray:
-    """x [B, in] -> x W^T + b [B, out]; W = ws[w_i] ([out, in] flattened), b = ws[b_i] (b_i = -1: none)."""
+def _linear(ws: np.ndarray, w_i: int, b_i: int, x: np.ndarray, out_dim: int) -> np.ndarray:
+    """x [B, in] -> x W^T + b [B, out]; W = parameter w_i [out, in], b = parameter b_i (-1: none)."""
     batch, in_dim = x.shape
-    # 2-D indexing of a reshaped view, not w[o * in_dim + i]: with computed flat indices numba keeps its
-    # negative-index wraparound check in the inner loop, which stops LLVM vectorizing it (7-10x slower).
-    weight = ws[w_i].reshape(out_dim, in_dim)
+    # 2-D indexing, not w[o * in_dim + i]: with computed flat indices numba keeps its negative-index
+    # wraparound check in the inner loop, which stops LLVM vectorizing it (7-10x slower).
+    weight = _param(ws, w_i, (out_dim, in_dim))
     y = np.empty((batch, out_dim), dtype=np.float32)
     blocked = out_dim - out_dim % 4
     for b in range(batch):
@@ -60,7 +83,7 @@ def _linear(ws: tuple, w_i: int, b_i: int, x: np.ndarray, out_dim: int) -> np.nd
                 acc += weight[o, i] * x[b, i]
             y[b, o] = acc
     if b_i >= 0:
-        bias = ws[b_i]
+        bias = _param(ws, b_i, (out_dim,))
         for b in range(batch):
             for o in range(out_dim):
                 y[b, o] += bias[o]
@@ -68,10 +91,10 @@ def _linear(ws: tuple, w_i: int, b_i: int, x: np.ndarray, out_dim: int) -> np.nd
 
 
 @njit(cache=True, fastmath=True)
-def _layer_norm(ws: tuple, w_i: int, b_i: int, x: np.ndarray, eps: float) -> np.ndarray:
-    """LayerNorm over the last dim of x [B, D] with weight ws[w_i] and bias ws[b_i]."""
+def _layer_norm(ws: np.ndarray, w_i: int, b_i: int, x: np.ndarray, eps: float) -> np.ndarray:
+    """LayerNorm over the last dim of x [B, D] with parameters w_i (weight) and b_i (bias)."""
     batch, dim = x.shape
-    gain, shift = ws[w_i], ws[b_i]
+    gain, shift = _param(ws, w_i, (dim,)), _param(ws, b_i, (dim,))
     y = np.empty_like(x)
     for b in range(batch):
         mean = 0.0
@@ -101,7 +124,7 @@ def _log_sigmoid(v: float) -> float:
 
 @njit(cache=True)
 def _tick(
-    ws: tuple,
+    ws: np.ndarray,
     layers: np.ndarray,
     top: np.ndarray,
     dims: np.ndarray,
@@ -112,7 +135,7 @@ def _tick(
 ) -> np.ndarray:
     """x [B, D], h [B, L, I] (already reset where episodes start) -> y [B, H]; writes h_new [B, L, I].
 
-    ws: the weight arrays (flat fp32); layers [L, SLOTS] and top [4] index into it; dims = [H, I, M,
+    ws: the parameters' addresses (int64); layers [L, SLOTS] and top [4] index into it; dims = [H, I, M,
     kind, gelu_tanh]: width, cell width, MLP width (0: none), GRU/LSTM, GELU's tanh approximation."""
     batch, num_layers = h.shape[0], h.shape[1]
     hidden, inner, mlp, kind, gelu_tanh = dims[0], dims[1], dims[2], dims[3], dims[4]
@@ -171,8 +194,8 @@ def unsupported_reason(backbone: nn.Module) -> str | None:
 
 
 class StepWeights:
-    """What the kernel needs from one MinRNNBackbone: zero-copy views of its parameters and the
-    tables saying which view is which."""
+    """What the kernel needs from one MinRNNBackbone: its parameters' addresses and the tables saying
+    which address is which parameter."""
 
     def __init__(self, backbone: nn.Module) -> None:
         blocks = list(backbone.blocks)
@@ -209,15 +232,15 @@ class StepWeights:
             dtype=np.int64,
         )  # fmt: skip
         self.eps = float(backbone.norm.eps)
-        self.params = params
+        self.params = params  # kept alive: the kernel reads their storage
         self.storage = self._storage()
-        self.views = tuple(p.detach().view(-1).numpy() for p in params)
+        self.addresses = np.array(self.storage, dtype=np.int64)
 
     def _storage(self) -> tuple[int, ...]:
         return tuple(p.data_ptr() for p in self.params)
 
     def current(self) -> bool:
-        """Still views of the parameters' storage (False after e.g. `param.data = other`)."""
+        """The addresses are still the parameters' storage (False after e.g. `param.data = other`)."""
         return self._storage() == self.storage
 
 
@@ -226,7 +249,7 @@ def backbone_step(weights: StepWeights, x: Tensor, h: Tensor) -> tuple[Tensor, T
     start -> (y [B, hidden_dim], h_new [B, L, I])."""
     h_new = torch.empty_like(h, memory_format=torch.contiguous_format)
     y = _tick(
-        weights.views,
+        weights.addresses,
         weights.layers,
         weights.top,
         weights.dims,
