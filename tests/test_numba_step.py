@@ -13,7 +13,7 @@ import pickle
 import pytest
 import torch
 
-from policies.backbones.minrnn import MinRNNBackbone
+from policies.backbones.minrnn import COMPILED_STEP_MAX_BATCH, MinRNNBackbone
 from policies.backbones.numba_step import StepWeights
 from policies.backbones.registry import make_backbone
 
@@ -177,3 +177,17 @@ def test_copies_and_pickles_get_their_own_views() -> None:
             p.mul_(2.0)
     for copy_ in (clone, loaded, restored):
         _assert_same_step(copy_, reference)
+
+
+def test_large_batches_run_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    import policies.backbones.numba_step as numba_step
+
+    calls = []
+    kernel = numba_step.backbone_step
+    monkeypatch.setattr(numba_step, "backbone_step", lambda *a: calls.append(a[1].shape[0]) or kernel(*a))
+    fused, eager = _pair("mingru")
+    with torch.no_grad():
+        for batch in (1, COMPILED_STEP_MAX_BATCH, COMPILED_STEP_MAX_BATCH + 1, 64):
+            x, state = torch.randn(batch, 7), (torch.randn(batch, 3, 16),)
+            torch.testing.assert_close(fused.step(x, state)[0], eager.step(x, state)[0], **TOL)
+    assert calls == [1, COMPILED_STEP_MAX_BATCH]  # above the limit the eager ops are faster
