@@ -13,6 +13,7 @@ import torch
 from torch.distributions import Categorical
 
 import envs  # noqa: F401  (registers CartPoleNoVel-v1, PendulumNoVel-v1)
+from agents.checkpoint import load_checkpoint
 from agents.ppo.config import PPOConfig
 from agents.ppo.evaluation import evaluate_ppo_checkpoint
 from agents.ppo.ppo import PPOTrainer, train_ppo
@@ -258,6 +259,37 @@ def test_train_checkpoint_evaluate_and_resume(tmp_path) -> None:
 
     with pytest.raises(ValueError, match="hidden_dim"):
         PPOTrainer(_config(tmp_path, hidden_dim=32), resume=True)
+
+
+def test_periodic_evaluation_logs_and_leaves_training_unchanged(tmp_path) -> None:
+    """eval_every: deterministic episodes every N env steps (SB3's EvalCallback tags), the same numbers
+    `recurrl evaluate` gives for the checkpoint of that step, and training bit-identical to a run without."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = _config(tmp_path, total_steps=256, eval_every=128, eval_episodes=3)  # iterations of 64 steps
+    summary = train_ppo(cfg)
+    assert [e["step"] for e in summary["evaluations"]] == [128, 256]
+    last = evaluate_ppo_checkpoint(tmp_path / "run/checkpoints/last", episodes=3, seed=cfg.seed + 10_000)
+    assert summary["evaluations"][-1]["mean_reward"] == pytest.approx(last["mean_return"])
+    events = EventAccumulator(str(tmp_path / "run"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("eval/mean_reward")] == [128, 256]
+    assert "eval/mean_ep_length" in events.Tags()["scalars"]
+
+    plain = train_ppo(_config(tmp_path / "plain", total_steps=256))
+    assert "evaluations" in plain and plain["evaluations"] == []
+    (weights_a, meta_a, _), (weights_b, meta_b, _) = (
+        load_checkpoint(tmp_path / run / "checkpoints/last") for run in ("run", "plain/run")
+    )
+    assert meta_a["history"] == meta_b["history"] and meta_a["episode_returns"] == meta_b["episode_returns"]
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+    resumed = PPOTrainer(_config(tmp_path, total_steps=384, eval_every=128, eval_episodes=3), resume=True)
+    assert [e["step"] for e in resumed.train()["evaluations"]] == [128, 256, 384]
+
+    with pytest.raises(ValueError, match="eval_every"):
+        PPOTrainer(_config(tmp_path, eval_every=-1))
 
 
 def test_sigint_stops_after_the_iteration_and_saves_it(tmp_path) -> None:

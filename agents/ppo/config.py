@@ -55,6 +55,10 @@ class PPOConfig:
     torch_threads: int = 1
     run_dir: str = "runs/ppo"  # TensorBoard events, checkpoints/last, config.json
     checkpoint_every: int = 10  # iterations between checkpoints (the final one is always written)
+    # Periodic evaluation (SB3's EvalCallback): every eval_every env steps (0 = off), eval_episodes
+    # deterministic episodes in fresh envs, logged as eval/mean_reward and eval/mean_ep_length.
+    eval_every: int = 0
+    eval_episodes: int = 10
     progress_bar: bool = True
 
     def validate(self) -> None:
@@ -84,6 +88,11 @@ class PPOConfig:
             raise ValueError("PPO config: learning_rate and clip_coef must be positive")
         if self.head_hidden < 0 or self.checkpoint_every <= 0:
             raise ValueError("PPO config: head_hidden must be >= 0 and checkpoint_every > 0")
+        if self.eval_every < 0 or self.eval_episodes <= 0:
+            raise ValueError(
+                f"PPO config: eval_every must be >= 0 (0 = no periodic evaluation) and eval_episodes > 0, "
+                f"got {self.eval_every}, {self.eval_episodes}"
+            )
 
     @property
     def batch_size(self) -> int:

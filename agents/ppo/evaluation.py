@@ -31,7 +31,6 @@ def load_ppo_checkpoint(
     return policy.to(device).eval(), config, ObsNormalizer.from_dict(meta["obs_norm"])
 
 
-@torch.no_grad()
 def evaluate_ppo_checkpoint(
     path: str | Path,
     episodes: int = 10,
@@ -45,7 +44,26 @@ def evaluate_ppo_checkpoint(
     if episodes <= 0 or num_envs <= 0:
         raise ValueError(f"episodes and num_envs must be positive, got {episodes}, {num_envs}")
     policy, config, obs_norm = load_ppo_checkpoint(path, device)
-    env_id = env_id or config.env_id
+    result = run_episodes(
+        policy, obs_norm, env_id or config.env_id, episodes, seed, num_envs, device, deterministic
+    )
+    return {"kind": CHECKPOINT_KIND, "checkpoint": str(path), "backbone": config.backbone, **result}
+
+
+@torch.no_grad()
+def run_episodes(
+    policy: ActorCritic,
+    obs_norm: ObsNormalizer,
+    env_id: str,
+    episodes: int,
+    seed: int = 0,
+    num_envs: int = 4,
+    device: str | torch.device = "cpu",
+    deterministic: bool = True,
+) -> dict[str, Any]:
+    """`episodes` full episodes of `policy` in fresh envs, observations normalized by `obs_norm` without
+    updating it -> {"env_id", "deterministic", "seed", "episodes", "mean_return", "std_return", "returns",
+    "lengths"}. Used by `recurrl evaluate` and by the trainer's periodic evaluation (`eval_every`)."""
     num_envs = min(num_envs, episodes)
     envs = make_vector_env(env_id, num_envs, "sync")
     spec = SpaceSpec.from_spaces(envs.single_observation_space, envs.single_action_space)
@@ -84,10 +102,7 @@ def evaluate_ppo_checkpoint(
     finally:
         envs.close()
     return {
-        "kind": CHECKPOINT_KIND,
-        "checkpoint": str(path),
         "env_id": env_id,
-        "backbone": config.backbone,
         "deterministic": deterministic,
         "seed": seed,
         "episodes": len(returns),

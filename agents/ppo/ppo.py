@@ -103,6 +103,7 @@ class PPOTrainer:
         self.episode_returns: deque[float] = deque(maxlen=100)
         self.episode_lengths: deque[float] = deque(maxlen=100)
         self.history: list[dict[str, float]] = []  # (step, ep_rew_mean) per iteration, for results.json
+        self.evaluations: list[dict[str, float]] = []  # (step, mean_reward, std_reward) per eval_every
         if resume:
             self._resume()
 
@@ -332,6 +333,7 @@ class PPOTrainer:
                         self.history.append(
                             {"step": self.global_step, "ep_rew_mean": logs["rollout/ep_rew_mean"]}
                         )
+                    logs.update(self._maybe_evaluate())
                     for tag, value in logs.items():
                         writer.add_scalar(tag, value, self.global_step)
                     bar.update(cfg.batch_size)
@@ -361,6 +363,7 @@ class PPOTrainer:
             "global_step": self.global_step,
             "ep_rew_mean": float(np.mean(self.episode_returns)) if self.episode_returns else None,
             "best_ep_rew_mean": max((h["ep_rew_mean"] for h in self.history), default=None),
+            "evaluations": self.evaluations,
             "fps": (self.global_step - start_step) / max(wall, 1e-9),
             "wall_s": wall,
             "checkpoint": str(self.checkpoint_dir),
@@ -368,6 +371,31 @@ class PPOTrainer:
         }
         write_json_atomic(self.run_dir / "results.json", {**summary, "history": self.history})
         return summary
+
+    def _maybe_evaluate(self) -> dict[str, float]:
+        """Every `eval_every` env steps: deterministic episodes in fresh envs (the training envs and the
+        policy's rollout state are untouched; no torch RNG is drawn) -> eval/* logs, else {}."""
+        cfg = self.config
+        previous = self.global_step - cfg.batch_size
+        if cfg.eval_every <= 0 or self.global_step // cfg.eval_every == previous // cfg.eval_every:
+            return {}
+        from .evaluation import run_episodes
+
+        self.policy.eval()
+        result = run_episodes(
+            self.policy, self.obs_norm, cfg.env_id, cfg.eval_episodes, cfg.seed + 10_000, 4, self.device
+        )
+        self.evaluations.append(
+            {
+                "step": self.global_step,
+                "mean_reward": result["mean_return"],
+                "std_reward": result["std_return"],
+            }
+        )
+        return {
+            "eval/mean_reward": result["mean_return"],
+            "eval/mean_ep_length": float(np.mean(result["lengths"])),
+        }
 
     # ----------------------------------------------------------------- checkpoints
     def save(self) -> Path:
@@ -384,6 +412,7 @@ class PPOTrainer:
             "episode_returns": list(self.episode_returns),
             "episode_lengths": list(self.episode_lengths),
             "history": self.history,
+            "evaluations": self.evaluations,
             "train_state": {
                 "optimizer": optim_plain,
                 "rng": rng_plain,
@@ -428,6 +457,7 @@ class PPOTrainer:
         self.episode_returns.extend(meta["episode_returns"])
         self.episode_lengths.extend(meta["episode_lengths"])
         self.history = list(meta["history"])
+        self.evaluations = list(meta.get("evaluations", []))  # absent in checkpoints written before it
 
 
 def train_ppo(config: PPOConfig, resume: bool = False) -> dict[str, Any]:
