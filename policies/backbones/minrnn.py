@@ -187,7 +187,7 @@ class MinRNNBackbone(Backbone):
         self.inner_dim = max(1, round(hidden_dim * expansion_factor))
         self.scan = check_backend(scan)
         self.dropout = dropout
-        # The compiled step's weight views (numba_step.StepWeights), or why it cannot run (a str);
+        # The compiled step's parameter table (numba_step.StepWeights), or why it cannot run (a str);
         # None = not looked at yet. Dropped on a move or a load (see Backbone._forget_caches).
         self._fused_step: Any = None
         self.input_proj = nn.Linear(input_dim, hidden_dim)
