@@ -183,8 +183,10 @@ def test_large_batches_run_eager(monkeypatch: pytest.MonkeyPatch) -> None:
     import policies.backbones.numba_step as numba_step
 
     calls = []
-    kernel = numba_step.backbone_step
-    monkeypatch.setattr(numba_step, "backbone_step", lambda *a: calls.append(a[1].shape[0]) or kernel(*a))
+    kernel = numba_step.StepWeights.step
+    monkeypatch.setattr(
+        numba_step.StepWeights, "step", lambda self, x, h: calls.append(x.shape[0]) or kernel(self, x, h)
+    )
     fused, eager = _pair("mingru")
     with torch.no_grad():
         for batch in (1, COMPILED_STEP_MAX_BATCH, COMPILED_STEP_MAX_BATCH + 1, 64):

@@ -216,9 +216,7 @@ class MinRNNBackbone(Backbone):
         """x [B, input_dim], state ([B, num_layers, inner],) -> (y [B, hidden_dim], state)."""
         weights = self._step_weights(x, state[0])
         if weights is not None:
-            from .numba_step import backbone_step
-
-            y, h = backbone_step(weights, x, state[0])
+            y, h = weights.step(x, state[0])
             return y, (h,)
         u = run_linear(self.input_proj, x)
         new = []

@@ -243,19 +243,18 @@ class StepWeights:
         """The addresses are still the parameters' storage (False after e.g. `param.data = other`)."""
         return self._storage() == self.storage
 
-
-def backbone_step(weights: StepWeights, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-    """One fused tick. x [B, input_dim] fp32 CPU, h [B, L, I] fp32, already reset where episodes
-    start -> (y [B, hidden_dim], h_new [B, L, I])."""
-    h_new = torch.empty_like(h, memory_format=torch.contiguous_format)
-    y = _tick(
-        weights.addresses,
-        weights.layers,
-        weights.top,
-        weights.dims,
-        weights.eps,
-        x.detach().contiguous().numpy(),
-        h.detach().contiguous().numpy(),
-        h_new.numpy(),
-    )
-    return torch.from_numpy(y), h_new
+    def step(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """One compiled tick. x [B, input_dim] fp32 CPU, h [B, L, I] fp32, already reset where episodes
+        start -> (y [B, hidden_dim], h_new [B, L, I])."""
+        h_new = torch.empty_like(h, memory_format=torch.contiguous_format)
+        y = _tick(
+            self.addresses,
+            self.layers,
+            self.top,
+            self.dims,
+            self.eps,
+            x.detach().contiguous().numpy(),
+            h.detach().contiguous().numpy(),
+            h_new.numpy(),
+        )
+        return torch.from_numpy(y), h_new
