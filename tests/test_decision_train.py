@@ -18,7 +18,7 @@ from agents.decision.config import DecisionConfig
 from agents.decision.data import SegmentSampler
 from agents.decision.evaluation import run_episodes
 from agents.decision.model_io import EnvSpec, load_decision_checkpoint
-from agents.decision.trainer import DecisionTrainer, TrainingDiverged
+from agents.decision.trainer import DecisionTrainer, TrainingDiverged, lr_factor
 from envs.episodes import Episode, OfflineDataset
 
 
@@ -132,13 +132,20 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
 
 
-def test_resume_gives_identical_weights(tmp_path: Path, pendulum: OfflineDataset) -> None:
-    straight = DecisionTrainer(tiny_config(tmp_path, "straight"), pendulum, show_progress=False)
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_gives_identical_weights(tmp_path: Path, pendulum: OfflineDataset, schedule: str) -> None:
+    straight = DecisionTrainer(
+        tiny_config(tmp_path, "straight", lr_schedule=schedule), pendulum, show_progress=False
+    )
     straight.train()
-    halves = DecisionTrainer(tiny_config(tmp_path, "halves"), pendulum, show_progress=False)
+    halves = DecisionTrainer(
+        tiny_config(tmp_path, "halves", lr_schedule=schedule), pendulum, show_progress=False
+    )
     assert halves.train(until=4) is None
     del halves
-    resumed = DecisionTrainer(tiny_config(tmp_path, "halves"), pendulum, resume=True, show_progress=False)
+    resumed = DecisionTrainer(
+        tiny_config(tmp_path, "halves", lr_schedule=schedule), pendulum, resume=True, show_progress=False
+    )
     assert resumed.step == 4
     results = resumed.train()
     a, b = weights(tmp_path / "straight/checkpoints/last"), weights(tmp_path / "halves/checkpoints/last")
@@ -149,6 +156,27 @@ def test_resume_gives_identical_weights(tmp_path: Path, pendulum: OfflineDataset
     saved = json.loads((tmp_path / "halves/results.json").read_text())
     assert set(saved["checkpoints"]) == {"last", "best"}
     assert json.loads((tmp_path / "halves/config.json").read_text())["model"]["backbone"] == "gru"
+
+
+def test_lr_schedules_warm_up_then_hold_or_decay(tmp_path: Path, pendulum: OfflineDataset) -> None:
+    config = DecisionConfig(steps=100, warmup_steps=10, lr_schedule="cosine", min_lr_ratio=0.1)
+    factors = [lr_factor(config, step) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:], strict=False))
+    assert factors[54] == pytest.approx(0.55)  # half way through the decay
+    assert factors[99] == pytest.approx(0.1)
+    config.lr_schedule = "constant"
+    assert all(lr_factor(config, step) == 1.0 for step in range(9, 100))
+
+    trainer = DecisionTrainer(
+        tiny_config(tmp_path, "cos", lr_schedule="cosine"), pendulum, show_progress=False
+    )
+    trainer.train()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(trainer.config.lr * 0.1)
+    with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine, got 'linear'"):
+        DecisionConfig(lr_schedule="linear").validate()
+    with pytest.raises(ValueError, match="min_lr_ratio must be in"):
+        DecisionConfig(min_lr_ratio=2.0).validate()
 
 
 def test_interrupt_saves_checkpoint_and_resume_rejects_other_config(

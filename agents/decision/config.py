@@ -36,6 +36,9 @@ class EvalConfig:
     seed: int = 10_000  # env seeds are seed, seed+1, ... (kept apart from the training seed)
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass
 class DecisionConfig:
     dataset: str = "recurrl/hopper/medium-v0"  # dataset id or path (see `recurrl dataset`)
@@ -54,7 +57,11 @@ class DecisionConfig:
     steps: int = 2000  # optimizer steps (DT: 100k on a GPU)
     lr: float = 1e-3  # small models on a small budget like a larger lr than DT's 1e-4
     weight_decay: float = 1e-4
-    warmup_steps: int = 200  # linear warmup, then constant (DT: 10k)
+    warmup_steps: int = 200  # linear warmup (DT: 10k), then `lr_schedule`
+    # After warmup: "constant" (DT) or "cosine" (decays to lr * min_lr_ratio at `steps`; extending a run
+    # with --resume steps=N stretches the remaining decay over the new total).
+    lr_schedule: str = "constant"
+    min_lr_ratio: float = 0.1
     grad_clip: float = 0.25
     log_every: int = 50
     checkpoint_every: int = 500
@@ -69,6 +76,11 @@ class DecisionConfig:
             (self.steps >= 0, f"steps must be >= 0, got {self.steps}"),
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (
+                self.lr_schedule in LR_SCHEDULES,
+                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}",
+            ),
+            (0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}"),
             (self.grad_clip >= 0, f"grad_clip must be >= 0 (0 disables), got {self.grad_clip}"),
             (self.log_every > 0, f"log_every must be positive, got {self.log_every}"),
             (self.checkpoint_every > 0, f"checkpoint_every must be positive, got {self.checkpoint_every}"),

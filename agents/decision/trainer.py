@@ -115,9 +115,9 @@ class DecisionTrainer:
         self.optimizer = torch.optim.AdamW(
             self._param_groups(), lr=config.lr, betas=(0.9, 0.999), **fused_optimizer_options(self.device)
         )
-        warmup = max(config.warmup_steps, 1)
+        # Reads the config at every step, so extending a run (`--resume ... steps=N`) re-plans the decay.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min((s + 1) / warmup, 1.0)
+            self.optimizer, lambda s: lr_factor(self.config, s)
         )
         self.sampler = SegmentSampler(self.dataset, config.context_length, config.burn_in, seed=config.seed)
         self.step = 0
@@ -385,3 +385,15 @@ def _jsonable(value: Any) -> Any:
     import json
 
     return json.loads(json.dumps(value))
+
+
+def lr_factor(config: DecisionConfig, step: int) -> float:
+    """Multiplier of config.lr for optimizer step `step` (0-based): linear warmup over warmup_steps, then
+    constant, or a half cosine from 1 down to min_lr_ratio at config.steps."""
+    warmup = max(config.warmup_steps, 1)
+    if step + 1 < warmup:
+        return (step + 1) / warmup
+    if config.lr_schedule == "constant":
+        return 1.0
+    progress = min(max(step + 1 - warmup, 0) / max(config.steps - warmup, 1), 1.0)
+    return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
