@@ -48,7 +48,7 @@ def save_checkpoint(
             files["train.safetensors"] = train_tensors
         hashes = {}
         for name, tensors in files.items():
-            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / name))
+            save_file({k: _standalone(v) for k, v in tensors.items()}, str(tmp / name))
             hashes[name] = _sha256(tmp / name)
         full_meta = {**meta, "format_version": FORMAT_VERSION, "files": hashes}
         _write_text_synced(tmp / META, json.dumps(full_meta, indent=2, sort_keys=True, default=_json_default))
@@ -142,12 +142,17 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.T
 def load_optimizer_state(
     optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], plain: dict[str, Any]
 ) -> None:
+    optimizer.load_state_dict(saved_optimizer_state(tensors, plain))
+
+
+def saved_optimizer_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `optimizer_state`: an optimizer state dict."""
     state: dict[int, dict[str, Any]] = {int(k): dict(v) for k, v in plain["state"].items()}
     for name, value in tensors.items():
         if name.startswith("optim/"):
             _, param_id, key = name.split("/", 2)
             state.setdefault(int(param_id), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
+    return {"state": state, "param_groups": plain["param_groups"]}
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -173,6 +178,13 @@ def set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> No
 
 
 # ----------------------------------------------------------------------------- helpers
+def _standalone(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous CPU tensor with storage of its own. safetensors refuses tensors that share storage,
+    as views into one flat buffer do (agents/flat_params.py); those are copied."""
+    out = tensor.detach().contiguous().cpu()
+    return out if out.untyped_storage().nbytes() == out.nbytes else out.clone()
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

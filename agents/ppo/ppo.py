@@ -23,16 +23,17 @@ from torch import Tensor
 
 from agents.checkpoint import (
     load_checkpoint,
-    load_optimizer_state,
     load_weights_strict,
     optimizer_state,
     rng_state,
     save_checkpoint,
+    saved_optimizer_state,
     set_rng_state,
     write_json_atomic,
 )
 from agents.config import save_config, to_dict
 from agents.devices import fused_optimizer_options
+from agents.flat_params import FlatParameters
 from agents.ppo.config import PPOConfig
 from agents.ppo.normalization import ObsNormalizer, RewardScaler
 from agents.ppo.rollout import RolloutBatch, RolloutBuffer
@@ -88,8 +89,11 @@ class PPOTrainer:
         except BaseException:
             self.envs.close()
             raise
+        # One buffer for all parameters and one for their gradients: the update's optimizer step, grad
+        # clipping and zeroing are one op each instead of one per tensor (see agents/flat_params.py).
+        self.flat = FlatParameters(self.policy)
         self.optimizer = torch.optim.Adam(
-            self.policy.parameters(),
+            [self.flat.param],
             lr=config.learning_rate,
             eps=1e-5,
             **fused_optimizer_options(self.device),
@@ -254,9 +258,9 @@ class PPOTrainer:
                     v_loss = 0.5 * ((value - mb.returns) ** 2).mean()
                 entropy = dist.entropy().mean()
                 loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
-                self.optimizer.zero_grad()
+                self.flat.zero_grad()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.flat.clip_grad_norm_(cfg.max_grad_norm)
                 self.optimizer.step()
                 for key, val in zip(
                     stats, (pg_loss, v_loss, entropy, approx_kl, clip_fraction, loss), strict=True
@@ -448,7 +452,10 @@ class PPOTrainer:
                 )
         load_weights_strict(self.policy, model, str(self.checkpoint_dir))
         state = meta["train_state"]
-        load_optimizer_state(self.optimizer, train or {}, state["optimizer"])
+        saved_optim = saved_optimizer_state(train or {}, state["optimizer"])
+        if len(saved_optim["param_groups"][0]["params"]) != 1:  # written before the flat buffer
+            saved_optim = self.flat.flatten_optimizer_state(saved_optim)
+        self.optimizer.load_state_dict(saved_optim)
         set_rng_state(train or {}, state["rng"])
         self.rng.bit_generator.state = state["shuffle_rng"]
         self.obs_norm = ObsNormalizer.from_dict(meta["obs_norm"])
