@@ -22,7 +22,15 @@ from agents.ppo.config import PPOConfig
 from agents.ppo.ppo import PPOTrainer
 
 # Matched settings (the CleanRL/SB3 recurrent CartPole scale).
-DEFAULTS = {"num_envs": 8, "num_steps": 128, "num_minibatches": 4, "update_epochs": 4, "hidden_dim": 64}
+DEFAULTS = {
+    "num_envs": 8,
+    "num_steps": 128,
+    "num_minibatches": 4,
+    "update_epochs": 4,
+    "hidden_dim": 64,
+}
+# The POMDP presets' minGRU / minLSTM: one block without the MLP sub-block (configs/ppo/*NoVel*.yaml).
+MINRNN_OPTIONS = {"backbone_options.mlp_ratio": 0}
 
 
 def _ours(config: PPOConfig) -> tuple[float, float]:
@@ -75,7 +83,8 @@ def run_benchmark(
     include_adapter: bool = True,
 ) -> dict[str, Any]:
     """Interleaved repeats of each contender -> steps/s per run, medians and ratios."""
-    settings = [f"{k}={v}" for k, v in DEFAULTS.items()]
+    defaults = {**DEFAULTS, **(MINRNN_OPTIONS if backbone in ("mingru", "minlstm") else {})}
+    settings = [f"{k}={v}" for k, v in defaults.items()]
     settings += [f"env_id={env_id}", f"backbone={backbone}", f"total_steps={total_steps}"]
     settings += ["progress_bar=false", "shared_backbone=false", "anneal_lr=false", "checkpoint_every=1000000"]
     config = load_config(PPOConfig, None, settings + list(overrides or []))
@@ -116,6 +125,7 @@ def run_benchmark(
             "minibatch_size": config.batch_size // config.num_minibatches,
             "update_epochs": config.update_epochs,
             "hidden_dim": config.hidden_dim,
+            "backbone_options": dict(config.backbone_options),
             "total_steps": config.total_steps,
             "repeats": repeats,
             "torch_threads": torch.get_num_threads(),
@@ -135,7 +145,8 @@ def format_report(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = [
         f"env {result['env_id']}: n_envs={s['num_envs']} n_steps={s['num_steps']} minibatch={s['minibatch_size']} "
-        f"epochs={s['update_epochs']} hidden={s['hidden_dim']} steps={s['total_steps']} x{s['repeats']} "
+        f"epochs={s['update_epochs']} hidden={s['hidden_dim']} backbone_options={s['backbone_options']} "
+        f"steps={s['total_steps']} x{s['repeats']} "
         f"threads={s['torch_threads']} device={s['device']}",
         f"{'contender':<46} {'steps/s (wall)':>15} {'steps/CPU-s':>12}  wall runs",
     ]

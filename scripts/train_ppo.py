@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -84,6 +85,17 @@ def build_config(args: argparse.Namespace):
     if args.no_progress:
         overrides.append("progress_bar=false")
     config = load_config(PPOConfig, paths, overrides)
+    # A preset's backbone_options belong to the preset's backbone (e.g. mlp_ratio for minGRU): another
+    # --backbone gets its own defaults, said out loud, unless options are given on the command line.
+    files = load_config(PPOConfig, paths, [])
+    options_given = any(o.startswith("backbone_options") for o in args.overrides)
+    if args.backbone and args.backbone != files.backbone and files.backbone_options and not options_given:
+        print(
+            f"note: backbone_options {files.backbone_options} are set for {files.backbone}; {args.backbone} runs "
+            "with its defaults (set its own with backbone_options.KEY=VALUE)",
+            file=sys.stderr,
+        )
+        config.backbone_options = {}
     if args.run_dir is None and not any(o.startswith("run_dir=") for o in args.overrides):
         config.run_dir = f"runs/ppo/{config.env_id}-{config.backbone}-s{config.seed}"
     return config
