@@ -87,9 +87,9 @@ def build_config(args: argparse.Namespace):
     config = load_config(PPOConfig, paths, overrides)
     # A preset's backbone_options belong to the preset's backbone (e.g. mlp_ratio for minGRU): another
     # --backbone gets its own defaults, said out loud, unless options are given on the command line.
-    files = load_config(PPOConfig, paths, [])
     options_given = any(o.startswith("backbone_options") for o in args.overrides)
-    if args.backbone and args.backbone != files.backbone and files.backbone_options and not options_given:
+    files = load_config(PPOConfig, paths, []) if args.backbone and not options_given else None
+    if files is not None and args.backbone != files.backbone and files.backbone_options:
         print(
             f"note: backbone_options {files.backbone_options} are set for {files.backbone}; {args.backbone} runs "
             "with its defaults (set its own with backbone_options.KEY=VALUE)",
