@@ -16,6 +16,7 @@ mean +- std of the per-checkpoint means ("over seeds").
   recurrl evaluate runs/<name>/checkpoints/last
   recurrl evaluate runs/<name> --mode both --episodes 20 --target-returns 3600 1800
   recurrl evaluate runs/seed0/checkpoints/last runs/seed1/checkpoints/last --output summary.json
+  recurrl evaluate runs/<name>/checkpoints/last --target-returns 1000 2000 3000 3600 4500 --plot sweep.png
 """
 
 
@@ -42,6 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--stochastic", action="store_true", help="PPO only: sample actions")
     parser.add_argument("--output", help="write the results JSON here")
+    parser.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="Decision checkpoints: plot the achieved return against each target return (DT's Figure 4)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -114,7 +120,15 @@ def evaluate_decision(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     targets = args.target_returns or config["eval"]["target_returns"]
     k = args.context_length or config["context_length"]
     modes = ["stateful", "window"] if args.mode == "both" else [args.mode]
-    out: dict[str, Any] = {"kind": "decision", "checkpoint": str(path), "step": meta["step"], "modes": {}}
+    out: dict[str, Any] = {
+        "kind": "decision",
+        "checkpoint": str(path),
+        "step": meta["step"],
+        "dataset": meta.get("dataset"),
+        "dataset_stats": meta.get("dataset_stats"),
+        "env_id": spec.env_id,
+        "modes": {},
+    }
     for mode in modes:
         per_target = []
         for target in targets:
@@ -178,10 +192,15 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    plot_path = Path(args.plot) if args.plot else None
+    if plot_path is not None and plot_path.suffix.lower() != ".png":
+        raise ValueError(f"--plot writes a PNG; give a path ending in .png, not {args.plot!r}")
     paths = expand(args.checkpoints)
+    kinds = [read_kind(path) for path in paths]
+    if plot_path is not None and "decision" not in kinds:
+        raise ValueError("--plot needs Decision-agent checkpoints (it plots return against target return)")
     decision, other = [], []
-    for path in paths:
-        kind = read_kind(path)
+    for path, kind in zip(paths, kinds, strict=True):
         if kind == "decision":
             result = evaluate_decision(path, args)
             decision.append(result)
@@ -212,4 +231,9 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         write_json_atomic(args.output, summary)
         print(f"results: {args.output}")
+    if plot_path is not None:
+        from agents.decision.plots import plot_target_sweep
+
+        plot_target_sweep(decision, summary.get("aggregate", []), plot_path)
+        print(f"plot: {plot_path}")
     return 0

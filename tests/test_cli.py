@@ -36,6 +36,12 @@ def test_evaluate_prints_a_readable_line_for_ppo_checkpoints(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "[ppo, CartPoleNoVel-v1, mingru, seed 0] return" in out and "(2 episodes, deterministic)" in out
+    # The target-return plot is for Decision checkpoints: asked of a PPO run, an error before any episode.
+    plot = tmp_path / "sweep.png"
+    assert main(["evaluate", str(run_dir / "checkpoints" / "last"), "--plot", str(plot)]) == 2
+    assert "--plot needs Decision-agent checkpoints" in capsys.readouterr().err and not plot.exists()
+    assert main(["evaluate", str(run_dir / "checkpoints" / "last"), "--plot", str(tmp_path / "a.jpg")]) == 2
+    assert "give a path ending in .png" in capsys.readouterr().err
 
 
 def test_bench_decision_tick_reports_every_batch_and_the_ratio(capsys):
@@ -59,4 +65,8 @@ def test_bench_decision_tick_reports_every_batch_and_the_ratio(capsys):
         assert all(t > 0 for t in times.values())
         for name in ("mingru", "mingru-eager"):
             ratio = times["transformer/window"] / times[f"{name}/step"]
-            assert out[f"transformer_window_over_{name}_step"][batch] == pytest.approx(ratio, rel=1e-2)
+            # The report rounds ratios to 2 decimals: on a busy machine this tiny model's ratio can be below 1,
+            # where that rounding is more than 1% (0.31 for 0.3138).
+            assert out[f"transformer_window_over_{name}_step"][batch] == pytest.approx(
+                ratio, rel=1e-2, abs=0.0051
+            )

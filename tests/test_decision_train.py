@@ -344,6 +344,13 @@ def test_cli_train_resume_evaluate_on_embedded_hopper(
     assert main(args) == 0
     summary = json.loads(out_file.read_text())
     assert set(summary["checkpoints"][0]["modes"]) == {"stateful", "window"}
+    # Two checkpoints, two targets: the per-target rows, their aggregate, and the return-vs-target plot.
+    plot = tmp_path / "plots" / "sweep.png"
+    sweep = [str(ckpt), str(tmp_path / "hop/checkpoints/best"), "--target-returns", "3600", "1800"]
+    assert main(["evaluate", *sweep, "--episodes", "2", "--num-envs", "2", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert f"plot: {plot}" in out and "all 2 checkpoints [stateful] target 1800" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     assert main(["evaluate", str(tmp_path / "nowhere")]) == 2
 
 
