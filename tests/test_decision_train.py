@@ -351,6 +351,13 @@ def test_cli_train_resume_evaluate_on_embedded_hopper(
     out = capsys.readouterr().out
     assert f"plot: {plot}" in out and "all 2 checkpoints [stateful] target 1800" in out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
+    # The return-to-go probe, on the run's own (embedded) dataset.
+    probe = tmp_path / "probe.json"
+    assert main(["probe", str(ckpt), "--segments", "8", "--scales", "0", "--output", str(probe)]) == 0
+    assert "[episode starts, 8]: action loss" in capsys.readouterr().out
+    rows = json.loads(probe.read_text())["rows"]
+    assert [r["segments"] for r in rows] == ["episode starts", "random segments"]
+    assert all(r["loss_recorded"] > 0 and set(r["ratio"]) == {"x0"} for r in rows)
     assert main(["evaluate", str(tmp_path / "nowhere")]) == 2
 
 

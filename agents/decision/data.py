@@ -74,8 +74,14 @@ class SegmentSampler:
     def sample(self, batch_size: int) -> Batch:
         """A batch of `batch_size` segments, each `burn_in + context_length` steps long."""
         episode = self.rng.choice(len(self.lengths), size=batch_size, p=self.episode_probs)
+        # Each segment starts uniformly in [0, length) of its episode.
+        start = (self.rng.random(batch_size) * self.lengths[episode]).astype(np.int64)
+        return self.segments(episode, start)
+
+    def segments(self, episode: np.ndarray, start: np.ndarray) -> Batch:
+        """The segments of episodes `episode` [B] (indices) starting at steps `start` [B], as in `sample`."""
+        batch_size = len(episode)
         length = self.lengths[episode]
-        start = (self.rng.random(batch_size) * length).astype(np.int64)  # uniform in [0, length)
         # Step offsets relative to the segment start: burn-in before it, then the segment.
         rel = np.arange(-self.burn_in, self.context_length, dtype=np.int64)[None, :]  # [1, L]
         pos = start[:, None] + rel  # [B, L] position inside the episode

@@ -72,8 +72,8 @@ class EnvSpec:
             got = space_to_json(space)
             if want is not None and not spaces_match(want, got):
                 raise ValueError(
-                    f"the {what} space of env {self.env_id!r} ({_describe(got)}) does not match the dataset's / "
-                    f"checkpoint's ({_describe(want)}); evaluate on the env the data came from"
+                    f"the {what} space of env {self.env_id!r} ({describe_space(got)}) does not match the dataset's / "
+                    f"checkpoint's ({describe_space(want)}); evaluate on the env the data came from"
                 )
 
 
@@ -107,7 +107,7 @@ def spaces_match(a: dict[str, Any], b: dict[str, Any]) -> bool:
     )
 
 
-def _describe(space: dict[str, Any]) -> str:
+def describe_space(space: dict[str, Any]) -> str:
     if space["type"] == "Discrete":
         return f"Discrete({space['n']})"
     low, high = np.asarray(space["low"]), np.asarray(space["high"])
