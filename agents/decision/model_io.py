@@ -65,6 +65,12 @@ class EnvSpec:
             obs_space, act_space = env.single_observation_space, env.single_action_space
         else:
             obs_space, act_space = env.observation_space, env.action_space
+        self.check_spaces(
+            obs_space, act_space, f"env {self.env_id!r}", "evaluate on the env the data came from"
+        )
+
+    def check_spaces(self, obs_space: gym.Space, act_space: gym.Space, owner: str, advice: str) -> None:
+        """Raise ValueError, naming `owner` and ending with `advice`, when these spaces are not this spec's."""
         for what, want, space in (
             ("observation", self.observation_space, obs_space),
             ("action", self.action_space, act_space),
@@ -72,8 +78,8 @@ class EnvSpec:
             got = space_to_json(space)
             if want is not None and not spaces_match(want, got):
                 raise ValueError(
-                    f"the {what} space of env {self.env_id!r} ({describe_space(got)}) does not match the dataset's / "
-                    f"checkpoint's ({describe_space(want)}); evaluate on the env the data came from"
+                    f"the {what} space of {owner} ({_describe(got)}) does not match the dataset's / "
+                    f"checkpoint's ({_describe(want)}); {advice}"
                 )
 
 
@@ -107,7 +113,7 @@ def spaces_match(a: dict[str, Any], b: dict[str, Any]) -> bool:
     )
 
 
-def describe_space(space: dict[str, Any]) -> str:
+def _describe(space: dict[str, Any]) -> str:
     if space["type"] == "Discrete":
         return f"Discrete({space['n']})"
     low, high = np.asarray(space["low"]), np.asarray(space["high"])

@@ -20,23 +20,19 @@ import numpy as np
 import torch
 
 from agents.decision.data import Batch, SegmentSampler
-from agents.decision.model_io import EnvSpec, describe_space, spaces_match
+from agents.decision.model_io import EnvSpec
 from envs.episodes import OfflineDataset
-from policies.decision import DecisionModel
+from policies.decision import DecisionModel, action_loss
 
 
 def check_dataset_spaces(spec: EnvSpec, dataset: OfflineDataset) -> None:
     """Raise ValueError when `dataset`'s spaces are not the ones the checkpoint was trained on."""
-    data = EnvSpec.from_dataset(dataset)
-    for what, want, got in (
-        ("observation", spec.observation_space, data.observation_space),
-        ("action", spec.action_space, data.action_space),
-    ):
-        if want is not None and got is not None and not spaces_match(want, got):
-            raise ValueError(
-                f"dataset {dataset.name!r}: its {what} space ({describe_space(got)}) is not the checkpoint's "
-                f"({describe_space(want)}); probe with data of the task the model was trained on"
-            )
+    spec.check_spaces(
+        dataset.observation_space,
+        dataset.action_space,
+        f"dataset {dataset.name!r}",
+        "probe with data of the task the model was trained on",
+    )
 
 
 def rtg_sensitivity(
@@ -96,8 +92,6 @@ def rtg_sensitivity(
 @torch.no_grad()
 def _action_loss(model: DecisionModel, batch: Batch, scale: float, chunk: int) -> float:
     """Mean action loss over the real steps of `batch`, with its returns-to-go times `scale`."""
-    from policies.decision import action_loss
-
     total, steps = 0.0, 0.0
     device = next(model.parameters()).device
     for begin in range(0, batch.states.shape[0], chunk):
