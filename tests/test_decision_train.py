@@ -158,6 +158,58 @@ def test_resume_gives_identical_weights(tmp_path: Path, pendulum: OfflineDataset
     assert json.loads((tmp_path / "halves/config.json").read_text())["model"]["backbone"] == "gru"
 
 
+def test_ema_is_what_is_checkpointed_and_resumes_exactly(tmp_path: Path, pendulum: OfflineDataset) -> None:
+    trainer = DecisionTrainer(tiny_config(tmp_path, "one", ema_decay=0.9), pendulum, show_progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train_step()
+    # Step 1 ramps the decay to min(0.9, 2 / 11): the average is mostly the new weights.
+    decay = 2 / 11
+    for name, param in trainer.model.named_parameters():
+        expected = decay * before[name] + (1 - decay) * param.detach()
+        assert torch.allclose(trainer.ema.state_dict()[name], expected, atol=1e-6), name
+    assert trainer.policy is trainer.ema and not trainer.ema.training
+
+    straight = DecisionTrainer(
+        tiny_config(tmp_path, "straight", ema_decay=0.9), pendulum, show_progress=False
+    )
+    straight.train()
+    halves = DecisionTrainer(tiny_config(tmp_path, "halves", ema_decay=0.9), pendulum, show_progress=False)
+    assert halves.train(until=4) is None
+    del halves
+    resumed = DecisionTrainer(
+        tiny_config(tmp_path, "halves", ema_decay=0.9), pendulum, resume=True, show_progress=False
+    )
+    resumed.train()
+    for run in ("straight", "halves"):
+        ckpt = tmp_path / run / "checkpoints/last"
+        saved_ema = weights(ckpt)
+        raw = {
+            k.removeprefix("train_model/"): v
+            for k, v in load_file(str(ckpt / "train.safetensors")).items()
+            if k.startswith("train_model/")
+        }
+        assert saved_ema.keys() == raw.keys()
+        assert any(not torch.equal(saved_ema[k], raw[k]) for k in raw)  # the average is not the raw weights
+        if run == "straight":
+            reference_ema, reference_raw = saved_ema, raw
+            for k, v in straight.ema.state_dict().items():
+                assert torch.equal(saved_ema[k], v), k
+        else:
+            for k in raw:
+                assert torch.equal(saved_ema[k], reference_ema[k]), k
+                assert torch.equal(raw[k], reference_raw[k]), k
+    # `recurrl evaluate` loads the average: the checkpoint's model weights are the EMA's.
+    model, _ = load_decision_checkpoint(tmp_path / "straight/checkpoints/last", torch.device("cpu"))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, straight.ema.state_dict()[k]), k
+    with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
+        DecisionConfig(ema_decay=1.0).validate()
+    with pytest.raises(ValueError, match="cannot resume.*ema_decay"):
+        DecisionTrainer(
+            tiny_config(tmp_path, "halves", ema_decay=0.5), pendulum, resume=True, show_progress=False
+        )
+
+
 def test_lr_schedules_warm_up_then_hold_or_decay(tmp_path: Path, pendulum: OfflineDataset) -> None:
     config = DecisionConfig(steps=100, warmup_steps=10, lr_schedule="cosine", min_lr_ratio=0.1)
     factors = [lr_factor(config, step) for step in range(100)]

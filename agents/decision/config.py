@@ -63,6 +63,10 @@ class DecisionConfig:
     lr_schedule: str = "constant"
     min_lr_ratio: float = 0.1
     grad_clip: float = 0.25
+    # > 0: keep an exponential moving average of the weights (e.g. 0.999) and evaluate, checkpoint and
+    # deploy it instead of the raw weights; 0 = off. Averaging smooths the checkpoint-to-checkpoint swings
+    # of the policy's return (the decay ramps up as min(ema_decay, (1 + step) / (10 + step))).
+    ema_decay: float = 0.0
     log_every: int = 50
     checkpoint_every: int = 500
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -81,6 +85,7 @@ class DecisionConfig:
                 f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}",
             ),
             (0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}"),
+            (0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1) (0 disables), got {self.ema_decay}"),
             (self.grad_clip >= 0, f"grad_clip must be >= 0 (0 disables), got {self.grad_clip}"),
             (self.log_every > 0, f"log_every must be positive, got {self.log_every}"),
             (self.checkpoint_every > 0, f"checkpoint_every must be positive, got {self.checkpoint_every}"),

@@ -10,10 +10,14 @@ Run layout (`runs/<run_name>/`):
 
 `resume` restores model, optimizer, scheduler, RNG, sampler and step, so N straight steps and N/2 +
 resume + N/2 give the same weights.
+
+With `ema_decay > 0` the checkpoints' model weights are the moving average (what evaluation and
+deployment use); the raw training weights travel in train.safetensors under `train_model/`.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import random
@@ -60,6 +64,9 @@ RESUMABLE_CHANGES = {
     "runs_dir",
     "run_name",
 }
+
+
+TRAIN_MODEL = "train_model/"  # prefix of the raw weights in train.safetensors when an EMA is kept
 
 
 class TrainingDiverged(ValueError):
@@ -112,6 +119,10 @@ class DecisionTrainer:
         self._check_dataset_env()
         self.model_kwargs = model_kwargs(config, self.dataset)
         self.model: DecisionModel = build_model(self.model_kwargs).to(self.device)
+        # The weights that are evaluated, checkpointed and deployed: an average of the model's, or the model.
+        self.ema: DecisionModel | None = None
+        if config.ema_decay > 0:
+            self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
             self._param_groups(), lr=config.lr, betas=(0.9, 0.999), **fused_optimizer_options(self.device)
         )
@@ -176,6 +187,9 @@ class DecisionTrainer:
     def save(self, name: str = "last") -> Path:
         opt_tensors, opt_plain = optimizer_state(self.optimizer)
         rng_tensors, rng_plain = rng_state()
+        raw_tensors = {}
+        if self.ema is not None:
+            raw_tensors = {TRAIN_MODEL + k: v for k, v in self.model.state_dict().items()}
         meta = self._meta()
         meta["train"] = {
             "optimizer": opt_plain,
@@ -186,9 +200,9 @@ class DecisionTrainer:
         }
         return save_checkpoint(
             self.ckpt_dir / name,
-            self.model.state_dict(),
+            self.policy.state_dict(),
             meta,
-            train_tensors={**opt_tensors, **rng_tensors},
+            train_tensors={**opt_tensors, **rng_tensors, **raw_tensors},
         )
 
     def _restore(self, path: Path) -> None:
@@ -206,9 +220,12 @@ class DecisionTrainer:
                 f"{path}: checkpoint was made for another model or dataset (model arguments or normalization "
                 "statistics differ); resume with the run's own config and dataset"
             )
-        load_weights_strict(self.model, tensors, str(path))
+        load_weights_strict(self.policy, tensors, str(path))
         if train is None or "train" not in meta:
             raise CheckpointError(f"{path}: no optimizer/RNG state, so the run cannot be resumed exactly")
+        if self.ema is not None:
+            raw = {k[len(TRAIN_MODEL) :]: v for k, v in train.items() if k.startswith(TRAIN_MODEL)}
+            load_weights_strict(self.model, raw, f"{path} (raw training weights)")
         load_optimizer_state(self.optimizer, train, meta["train"]["optimizer"])
         self.scheduler.load_state_dict(meta["train"]["scheduler"])
         set_rng_state(train, meta["train"]["rng"])
@@ -249,7 +266,23 @@ class DecisionTrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
+        if self.ema is not None:
+            self._update_ema()
         return float(loss.item())
+
+    @property
+    def policy(self) -> DecisionModel:
+        """The weights that are evaluated, checkpointed and deployed."""
+        return self.model if self.ema is None else self.ema
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        assert self.ema is not None
+        # Ramped decay: early on the average follows the fast-moving weights instead of the random init.
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1.0 - decay)
+        for average, buffer in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+            average.copy_(buffer)
 
     def evaluate(
         self,
@@ -262,7 +295,7 @@ class DecisionTrainer:
         # Evaluation must not consume the training RNG (exact resume does not depend on when it ran).
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             return evaluate_model(
-                model or self.model,
+                model or self.policy,
                 self.env_spec,
                 ev.target_returns,
                 episodes,
