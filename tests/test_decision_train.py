@@ -343,6 +343,28 @@ def test_stateful_and_window_agree_when_the_window_holds_the_episode(
     assert sorted(stateful["lengths"]) == sorted(window["lengths"])
 
 
+def test_evaluation_seeds_run_disjoint_episodes(pendulum: OfflineDataset) -> None:
+    """`--seeds 0 1` must mean two sets of episodes: gymnasium's reset(seed=s) alone seeds env i with s + i."""
+    from agents.decision.model_io import build_model, model_kwargs
+    from envs.seeding import vector_env_seeds
+
+    assert vector_env_seeds(0, 4) == vector_env_seeds(0, 4)
+    assert not set(vector_env_seeds(0, 4)) & set(vector_env_seeds(1, 4))
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        vector_env_seeds(-1, 4)
+    config = DecisionConfig()
+    config.model.backbone, config.model.hidden_dim, config.model.num_layers = "mingru", 16, 1
+    torch.manual_seed(0)
+    model = build_model(model_kwargs(config, pendulum)).eval()
+    spec = EnvSpec.from_dataset(pendulum)
+    returns = {
+        s: run_episodes(model, spec, -200.0, episodes=4, num_envs=4, seed=s)["returns"] for s in (0, 1)
+    }
+    again = run_episodes(model, spec, -200.0, episodes=4, num_envs=4, seed=0)["returns"]
+    assert sorted(again) == sorted(returns[0])  # reproducible
+    assert not set(returns[0]) & set(returns[1])  # no episode shared between seeds 0 and 1
+
+
 def test_discrete_training_end_to_end(tmp_path: Path, cartpole: OfflineDataset) -> None:
     config = tiny_config(tmp_path, "cart", backbone="gru")
     config.eval.target_returns = [30.0, 10.0]

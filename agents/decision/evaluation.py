@@ -23,6 +23,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from envs.seeding import vector_env_seeds
 from policies.decision import DecisionModel
 
 from .model_io import EnvSpec
@@ -65,7 +66,7 @@ def run_episodes(
     envs = make_vector_env(spec, n)
     start_time = time.perf_counter()
     try:
-        obs, _ = envs.reset(seed=seed)
+        obs, _ = envs.reset(seed=vector_env_seeds(seed, n))
         policy = (
             _StatefulPolicy(model, n, device)
             if mode == "stateful"

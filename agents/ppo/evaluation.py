@@ -14,6 +14,7 @@ from agents.ppo.config import PPOConfig
 from agents.ppo.normalization import ObsNormalizer
 from agents.ppo.ppo import CHECKPOINT_KIND, build_policy, env_actions
 from agents.ppo.vec_env import check_finite, make_vector_env
+from envs.seeding import vector_env_seeds
 from policies.actor_critic import ActorCritic, SpaceSpec
 
 
@@ -73,7 +74,7 @@ def run_episodes(
     returns: list[float] = []
     lengths: list[int] = []
     try:
-        obs, _ = envs.reset(seed=seed)
+        obs, _ = envs.reset(seed=vector_env_seeds(seed, num_envs))
         state = policy.initial_state(num_envs, device)
         starts = np.ones(num_envs, dtype=bool)
         running = np.zeros(num_envs)
