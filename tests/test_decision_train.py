@@ -20,6 +20,7 @@ from agents.decision.evaluation import run_episodes
 from agents.decision.model_io import EnvSpec, load_decision_checkpoint
 from agents.decision.trainer import DecisionTrainer, TrainingDiverged, lr_factor
 from envs.episodes import Episode, OfflineDataset
+from policies.decision import DecisionModel
 
 
 def collect(env_id: str, episodes: int, env_kwargs: dict | None = None, seed: int = 0) -> OfflineDataset:
@@ -316,25 +317,30 @@ def test_unknown_config_key_is_an_error() -> None:
 def test_evaluate_rejects_env_with_other_spaces(pendulum: OfflineDataset) -> None:
     spec = EnvSpec.from_dataset(pendulum)
     spec.env_id = "MountainCarContinuous-v0"
-    from policies.decision import DecisionModel
-
     model = DecisionModel(3, 1, backbone_name="gru", hidden_dim=8, num_layers=1)
     with pytest.raises(ValueError, match="does not match"):
         run_episodes(model, spec, 0.0, episodes=1, num_envs=1)
 
 
 # ----------------------------------------------------------------------------- evaluation
+def untrained_model(
+    dataset: OfflineDataset, backbone: str, seed: int, context_length: int = 20
+) -> DecisionModel:
+    """A freshly initialised width-16, 1-layer model for `dataset`, in eval mode (seeded init)."""
+    from agents.decision.model_io import build_model, model_kwargs
+
+    config = DecisionConfig(context_length=context_length)
+    config.model.backbone, config.model.hidden_dim, config.model.num_layers = backbone, 16, 1
+    torch.manual_seed(seed)
+    return build_model(model_kwargs(config, dataset)).eval()
+
+
 @pytest.mark.parametrize("backbone", ["gru", "mingru"])
 def test_stateful_and_window_agree_when_the_window_holds_the_episode(
     cartpole: OfflineDataset, backbone: str
 ) -> None:
     """With K >= episode length both modes see the whole episode from a fresh state: same actions."""
-    from agents.decision.model_io import build_model, model_kwargs
-
-    config = DecisionConfig(context_length=32)
-    config.model.backbone, config.model.hidden_dim, config.model.num_layers = backbone, 16, 1
-    torch.manual_seed(1)
-    model = build_model(model_kwargs(config, cartpole)).eval()
+    model = untrained_model(cartpole, backbone, seed=1, context_length=32)
     spec = EnvSpec.from_dataset(cartpole)
     stateful = run_episodes(model, spec, 30.0, episodes=5, num_envs=3, seed=3, mode="stateful")
     window = run_episodes(model, spec, 30.0, episodes=5, num_envs=3, seed=3, mode="window", context_length=32)
@@ -345,17 +351,13 @@ def test_stateful_and_window_agree_when_the_window_holds_the_episode(
 
 def test_evaluation_seeds_run_disjoint_episodes(pendulum: OfflineDataset) -> None:
     """`--seeds 0 1` must mean two sets of episodes: gymnasium's reset(seed=s) alone seeds env i with s + i."""
-    from agents.decision.model_io import build_model, model_kwargs
     from envs.seeding import vector_env_seeds
 
     assert vector_env_seeds(0, 4) == vector_env_seeds(0, 4)
     assert not set(vector_env_seeds(0, 4)) & set(vector_env_seeds(1, 4))
     with pytest.raises(ValueError, match="seed must be >= 0"):
         vector_env_seeds(-1, 4)
-    config = DecisionConfig()
-    config.model.backbone, config.model.hidden_dim, config.model.num_layers = "mingru", 16, 1
-    torch.manual_seed(0)
-    model = build_model(model_kwargs(config, pendulum)).eval()
+    model = untrained_model(pendulum, "mingru", seed=0)
     spec = EnvSpec.from_dataset(pendulum)
     returns = {
         s: run_episodes(model, spec, -200.0, episodes=4, num_envs=4, seed=s)["returns"] for s in (0, 1)
