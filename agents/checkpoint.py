@@ -17,12 +17,15 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -178,6 +181,18 @@ def set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> No
 
 
 # ----------------------------------------------------------------------------- helpers
+def resumable_summary_writer(run_dir: str | Path, step: int, **kwargs: Any) -> SummaryWriter:
+    """A TensorBoard writer for a run that starts, or resumes from a checkpoint, at `step`.
+
+    On resume, TensorBoard drops the events a killed run logged after its last checkpoint, so the
+    resumed run replaces them instead of drawing a second line. Events at the checkpoint's own step
+    were logged before it was saved and stay, hence step + 1.
+    """
+    from torch.utils.tensorboard import SummaryWriter  # imported here: slow, and only training needs it
+
+    return SummaryWriter(str(run_dir), purge_step=step + 1 if step > 0 else None, **kwargs)
+
+
 def _standalone(tensor: torch.Tensor) -> torch.Tensor:
     """A contiguous CPU tensor with storage of its own. safetensors refuses tensors that share storage,
     as views into one flat buffer do (agents/flat_params.py); those are copied."""

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
 
 from agents.checkpoint import CheckpointError
 from agents.decision.config import DecisionConfig
@@ -133,6 +135,13 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
 
 
+def scalar_steps(run_dir: Path, tag: str) -> list[int]:
+    """The steps TensorBoard shows for `tag` (after it purges the events a resume replaced)."""
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return [event.step for event in events.Scalars(tag)]
+
+
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_resume_gives_identical_weights(tmp_path: Path, pendulum: OfflineDataset, schedule: str) -> None:
     straight = DecisionTrainer(
@@ -144,6 +153,9 @@ def test_resume_gives_identical_weights(tmp_path: Path, pendulum: OfflineDataset
     )
     assert halves.train(until=4) is None
     del halves
+    # A killed run logs past its last checkpoint; the resumed run must replace those events, not add to them.
+    with SummaryWriter(str(tmp_path / "halves")) as stray:
+        stray.add_scalar("train/loss", 1e6, 6)
     resumed = DecisionTrainer(
         tiny_config(tmp_path, "halves", lr_schedule=schedule), pendulum, resume=True, show_progress=False
     )
@@ -154,6 +166,8 @@ def test_resume_gives_identical_weights(tmp_path: Path, pendulum: OfflineDataset
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert results is not None and results["steps"] == 8
+    for run in ("straight", "halves"):
+        assert scalar_steps(tmp_path / run, "train/loss") == [2, 4, 6, 8], run
     saved = json.loads((tmp_path / "halves/results.json").read_text())
     assert set(saved["checkpoints"]) == {"last", "best"}
     assert json.loads((tmp_path / "halves/config.json").read_text())["model"]["backbone"] == "gru"

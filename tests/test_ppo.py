@@ -285,8 +285,16 @@ def test_periodic_evaluation_logs_and_leaves_training_unchanged(tmp_path) -> Non
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
 
+    # A killed run logs past its last checkpoint; the resumed run must replace those events, not add to them.
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tmp_path / "run")) as stray:
+        stray.add_scalar("eval/mean_reward", 1e6, 320)
     resumed = PPOTrainer(_config(tmp_path, total_steps=384, eval_every=128, eval_episodes=3), resume=True)
     assert [e["step"] for e in resumed.train()["evaluations"]] == [128, 256, 384]
+    events = EventAccumulator(str(tmp_path / "run"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("eval/mean_reward")] == [128, 256, 384]
 
     with pytest.raises(ValueError, match="eval_every"):
         PPOTrainer(_config(tmp_path, eval_every=-1))

@@ -37,6 +37,7 @@ from agents.checkpoint import (
     load_optimizer_state,
     load_weights_strict,
     optimizer_state,
+    resumable_summary_writer,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -314,9 +315,7 @@ class DecisionTrainer:
         """
         cfg = self.config
         until = cfg.steps if until is None else min(until, cfg.steps)
-        writer = SummaryWriter(
-            str(self.run_dir), purge_step=self.step if self.step > 0 else None, flush_secs=30
-        )
+        writer = resumable_summary_writer(self.run_dir, self.step, flush_secs=30)
         bar = tqdm(
             total=cfg.steps, initial=self.step, disable=not self.show_progress, desc="train", unit="step"
         )

@@ -25,6 +25,7 @@ from agents.checkpoint import (
     load_checkpoint,
     load_weights_strict,
     optimizer_state,
+    resumable_summary_writer,
     rng_state,
     save_checkpoint,
     saved_optimizer_state,
@@ -292,13 +293,12 @@ class PPOTrainer:
 
     # ----------------------------------------------------------------- loop
     def train(self) -> dict[str, Any]:
-        from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.json")
-        writer = SummaryWriter(str(self.run_dir))
+        writer = resumable_summary_writer(self.run_dir, self.global_step)
         bar = tqdm(
             total=cfg.num_iterations * cfg.batch_size,
             initial=self.global_step,
