@@ -1,10 +1,25 @@
-"""Shared fixtures: small datasets on disk and an isolated Minari datasets folder."""
+"""Shared fixtures: small datasets on disk, an isolated Minari datasets folder, a TensorBoard log reader."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture
+def scalar_steps() -> Callable[[Path, str], list[int]]:
+    """Reads the steps TensorBoard shows for a tag in a run folder (after it purges the events a resumed
+    run replaced): scalar_steps(run_dir, tag)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def read(run_dir: Path, tag: str) -> list[int]:
+        events = EventAccumulator(str(run_dir))
+        events.Reload()
+        return [event.step for event in events.Scalars(tag)]
+
+    return read
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import gymnasium as gym
@@ -12,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
 from agents.checkpoint import CheckpointError
@@ -135,15 +135,10 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
 
 
-def scalar_steps(run_dir: Path, tag: str) -> list[int]:
-    """The steps TensorBoard shows for `tag` (after it purges the events a resume replaced)."""
-    events = EventAccumulator(str(run_dir))
-    events.Reload()
-    return [event.step for event in events.Scalars(tag)]
-
-
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_resume_gives_identical_weights(tmp_path: Path, pendulum: OfflineDataset, schedule: str) -> None:
+def test_resume_gives_identical_weights(
+    tmp_path: Path, pendulum: OfflineDataset, schedule: str, scalar_steps: Callable[[Path, str], list[int]]
+) -> None:
     straight = DecisionTrainer(
         tiny_config(tmp_path, "straight", lr_schedule=schedule), pendulum, show_progress=False
     )
