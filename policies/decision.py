@@ -10,6 +10,9 @@ Token layouts:
   "triple": 3 tokens per timestep, [R_0, s_0, a_0, R_1, s_1, a_1, ...]: the backbone sees 3T steps.
   "fused":  1 token per timestep, embed(R_t) + embed(s_t) + embed(a_{t-1}) (a_{-1} = 0): T steps.
             a_t is not known when it is predicted, so the fused token carries the previous action.
+            `previous_actions=False` leaves a_{t-1} out (embed(R_t) + embed(s_t)): actions are strongly
+            autocorrelated, and a model fed its last action can lower its loss by copying it instead of
+            reading the state (the "copycat" shortcut of behaviour cloning from histories, Wen et al. 2020).
 
 The model owns its input normalization: raw states are normalized with the dataset's mean/std
 (buffers, so they travel with the weights), returns-to-go are divided by `return_scale`, and
@@ -55,6 +58,7 @@ class DecisionModel(nn.Module):
         num_layers: int = 3,
         backbone_options: dict[str, Any] | None = None,
         tokens: TokenLayout = "triple",
+        previous_actions: bool = True,
         max_timestep: int = 1000,
         return_scale: float = 1000.0,
         dropout: float = 0.1,
@@ -70,12 +74,18 @@ class DecisionModel(nn.Module):
             )
         if tokens not in ("triple", "fused"):
             raise ValueError(f"DecisionModel: tokens must be 'triple' or 'fused', got {tokens!r}")
+        if not previous_actions and tokens != "fused":
+            raise ValueError(
+                "DecisionModel: previous_actions=False needs tokens='fused' (triple tokens give each action "
+                "a token of its own)"
+            )
         if max_timestep <= 0 or return_scale <= 0:
             raise ValueError(
                 f"DecisionModel: max_timestep and return_scale must be positive, got {max_timestep}, {return_scale}"
             )
         self.state_dim, self.act_dim, self.discrete = state_dim, act_dim, discrete
         self.tokens: TokenLayout = tokens
+        self.previous_actions = previous_actions
         self.max_timestep = max_timestep
         self.return_scale = float(return_scale)
         self.hidden_dim = hidden_dim
@@ -93,9 +103,11 @@ class DecisionModel(nn.Module):
         self.embed_timestep = nn.Embedding(max_timestep, hidden_dim)
         self.embed_return = nn.Linear(1, hidden_dim)
         self.embed_state = nn.Linear(state_dim, hidden_dim)
-        self.embed_action = (
-            nn.Embedding(act_dim + 1, hidden_dim) if discrete else nn.Linear(act_dim, hidden_dim)
-        )
+        self.embed_action: nn.Module | None = None
+        if previous_actions:
+            self.embed_action = (
+                nn.Embedding(act_dim + 1, hidden_dim) if discrete else nn.Linear(act_dim, hidden_dim)
+            )
         self.embed_ln = nn.LayerNorm(hidden_dim)
         self.embed_dropout = nn.Dropout(dropout)
         self.backbone = make_backbone(
@@ -111,7 +123,8 @@ class DecisionModel(nn.Module):
             self.embed_action,
             self.head,
         ):
-            _init_weights(module)
+            if module is not None:
+                _init_weights(module)
 
     # ------------------------------------------------------------------ normalization
     def normalize_states(self, states: Tensor) -> Tensor:
@@ -130,8 +143,9 @@ class DecisionModel(nn.Module):
     # ------------------------------------------------------------------ embeddings
     def _embed(
         self, returns_to_go: Tensor, states: Tensor, actions: Tensor, timesteps: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Any leading shape [...]: -> (return, state, action, time) embeddings, each [..., H].
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+        """Any leading shape [...]: -> (return, state, action, time) embeddings, each [..., H]
+        (action None when the model takes no previous actions).
 
         returns_to_go [..., 1] raw; states [..., S] raw; actions in model units ([..., A] in [-1, 1],
         or [...] indices with -1 meaning "no action yet" for discrete); timesteps [...] int.
@@ -141,11 +155,19 @@ class DecisionModel(nn.Module):
         time = run_embedding(self.embed_timestep, timesteps.long().clamp(0, self.max_timestep - 1))
         ret = run_linear(self.embed_return, returns_to_go / self.return_scale)
         state = run_linear(self.embed_state, self.normalize_states(states))
-        if self.discrete:
+        if self.embed_action is None:
+            act = None
+        elif self.discrete:
             act = run_embedding(self.embed_action, actions.long() + 1)  # index 0 = "no previous action"
         else:
             act = run_linear(self.embed_action, actions)
         return ret, state, act, time
+
+    @staticmethod
+    def _fused(ret: Tensor, sta: Tensor, act: Tensor | None, time: Tensor) -> Tensor:
+        """One fused token's summed embeddings [..., H] (without a_{t-1} when act is None)."""
+        x = ret + sta + time
+        return x if act is None else x + act
 
     def _tokens(self, x: Tensor) -> Tensor:
         """Summed embeddings [..., H] -> backbone input tokens [..., H] (LayerNorm, dropout)."""
@@ -182,6 +204,7 @@ class DecisionModel(nn.Module):
         batch, length = states.shape[:2]
         if self.tokens == "triple":
             ret, sta, act, time = self._embed(returns_to_go, states, actions, timesteps)
+            assert act is not None  # triple tokens always embed actions (checked in __init__)
             # [B, T, 3, H] -> [B, 3T, H]: R_t, s_t, a_t interleaved.
             seq = torch.stack([ret + time, sta + time, act + time], dim=2).reshape(batch, 3 * length, -1)
             starts = None
@@ -195,7 +218,7 @@ class DecisionModel(nn.Module):
         else:
             prev = self._previous_actions(actions, episode_starts)
             ret, sta, act, time = self._embed(returns_to_go, states, prev, timesteps)
-            y, state = self.backbone(self._tokens(ret + sta + act + time), state, episode_starts)
+            y, state = self.backbone(self._tokens(self._fused(ret, sta, act, time)), state, episode_starts)
             h = y
         return self._action_out(h), state
 
@@ -230,6 +253,7 @@ class DecisionModel(nn.Module):
         starts = episode_starts.bool()
         if self.tokens == "triple":
             ret, sta, act, time = self._embed(returns_to_go, states, prev_actions, timesteps)
+            assert act is not None  # triple tokens always embed actions (checked in __init__)
             if not bool(starts.all()):
                 # The action token of the previous tick. For rows whose episode starts now it is fed too
                 # (batched), but the R_t step below resets their state, so it is forgotten.
@@ -242,7 +266,7 @@ class DecisionModel(nn.Module):
         else:
             prev = self._forget_actions(prev_actions, starts)
             ret, sta, act, time = self._embed(returns_to_go, states, prev, timesteps)
-            h, state = self.backbone.step(self._tokens(ret + sta + act + time), state, starts)
+            h, state = self.backbone.step(self._tokens(self._fused(ret, sta, act, time)), state, starts)
         return self._action_out(h), state
 
     def predictions_to_actions(self, predictions: Tensor) -> Tensor:

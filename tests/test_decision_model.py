@@ -113,6 +113,38 @@ def test_prediction_of_a_t_does_not_see_a_t(tokens: str) -> None:
     assert (other[:, 4] - base[:, 4]).abs().max() > 1e-6
 
 
+@pytest.mark.parametrize("backbone", ["mingru", "transformer"])
+@pytest.mark.parametrize("discrete", [False, True])
+def test_without_previous_actions_step_matches_forward_and_ignores_actions(
+    backbone: str, discrete: bool
+) -> None:
+    """previous_actions=False: no action embedding, predictions independent of every action fed,
+    and one tick at a time still gives training's forward (resets included)."""
+    model = make_model(backbone, "fused", discrete=discrete, previous_actions=False)
+    assert not any(name.startswith("embed_action") for name in model.state_dict())
+    rtg, states, actions, timesteps, starts = random_batch(3, 7, discrete=discrete)
+    other = torch.randint(0, ACT_DIM, actions.shape) if discrete else -actions
+    with torch.no_grad():
+        expected, _ = model(rtg, states, actions, timesteps, starts)
+        unchanged, _ = model(rtg, states, other, timesteps, starts)
+        state = model.initial_state(3)
+        got = []
+        for t in range(7):
+            prev = other[:, t]  # whatever is fed as the previous action is not read
+            pred, state = model.step(
+                rtg[:, t], states[:, t], prev, timesteps[:, t], state, starts[:, t] | (t == 0)
+            )
+            got.append(pred)
+    torch.testing.assert_close(unchanged, expected)
+    torch.testing.assert_close(torch.stack(got, 1), expected, atol=2e-5, rtol=1e-4)
+    # The states are still read: changing one changes that tick's prediction.
+    changed = states.clone()
+    changed[:, 4] += 5.0
+    with torch.no_grad():
+        moved, _ = model(rtg, changed, actions, timesteps, starts)
+    assert (moved[:, 4] - expected[:, 4]).abs().max() > 1e-6
+
+
 def test_continuous_head_respects_action_bounds_and_normalization() -> None:
     low, high = np.array([-2.0, 0.0, -1.0]), np.array([2.0, 1.0, 3.0])
     model = make_model("gru", action_low=low, action_high=high)
@@ -162,6 +194,8 @@ def test_bad_arguments_raise_clear_errors() -> None:
         DecisionModel(STATE_DIM, ACT_DIM, backbone_name="nope")
     with pytest.raises(ValueError, match="finite bounds"):
         DecisionModel(STATE_DIM, ACT_DIM, backbone_name="gru", action_low=np.full(3, -np.inf))
+    with pytest.raises(ValueError, match="previous_actions=False needs tokens='fused'"):
+        DecisionModel(STATE_DIM, ACT_DIM, backbone_name="gru", tokens="triple", previous_actions=False)
 
 
 def test_state_dict_keys_are_those_of_saved_checkpoints() -> None:

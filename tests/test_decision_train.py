@@ -389,6 +389,21 @@ def test_discrete_training_end_to_end(tmp_path: Path, cartpole: OfflineDataset) 
     assert list((tmp_path / "cart").glob("events.out.tfevents.*"))
 
 
+def test_training_without_previous_actions_checkpoints_and_reloads(
+    tmp_path: Path, pendulum: OfflineDataset
+) -> None:
+    """model.previous_actions=false trains end to end; the checkpoint rebuilds the same model."""
+    config = tiny_config(tmp_path, "noact", backbone="mingru")
+    config.model.tokens, config.model.previous_actions = "fused", False
+    results = DecisionTrainer(config, pendulum, show_progress=False).train()
+    assert results is not None and results["checkpoints"]["last"]["targets"][0]["episodes"] == 2
+    model, meta = load_decision_checkpoint(tmp_path / "noact" / "checkpoints" / "last")
+    assert meta["model_kwargs"]["previous_actions"] is False and model.embed_action is None
+    config.model.tokens = "triple"
+    with pytest.raises(ValueError, match="previous_actions=false needs model.tokens=fused"):
+        config.validate()
+
+
 # ----------------------------------------------------------------------------- CLI (embedded data)
 @pytest.mark.slow
 def test_cli_train_resume_evaluate_on_embedded_hopper(

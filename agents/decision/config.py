@@ -20,6 +20,9 @@ class ModelConfig:
     # 3 tokens per timestep as DT ("triple", the presets' choice) or one fused token (3x fewer backbone
     # steps: the quick CPU default, measured 2.2x the training steps/s of triple at equal width)
     tokens: Literal["triple", "fused"] = "fused"
+    # Feed a_{t-1} in the fused token (DT feeds every action). false leaves it out, so the model cannot
+    # copy its last action and must read the state and return-to-go (fused tokens only).
+    previous_actions: bool = True
     dropout: float = 0.1  # dropout on the token embeddings
     max_timestep: int = 1000  # size of the timestep embedding (longer episodes reuse the last one)
     return_scale: float = 1000.0  # returns-to-go are divided by this (DT: 1000 for MuJoCo)
@@ -95,6 +98,10 @@ class DecisionConfig:
             (len(self.eval.target_returns) > 0, "eval.target_returns needs at least one target return"),
             (self.model.hidden_dim > 0, f"model.hidden_dim must be positive, got {self.model.hidden_dim}"),
             (self.model.num_layers > 0, f"model.num_layers must be positive, got {self.model.num_layers}"),
+            (
+                self.model.previous_actions or self.model.tokens == "fused",
+                "model.previous_actions=false needs model.tokens=fused (triple tokens give each action a token)",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -144,6 +144,7 @@ def model_kwargs(config: DecisionConfig, dataset: OfflineDataset) -> dict[str, A
         "num_layers": config.model.num_layers,
         "backbone_options": options,
         "tokens": config.model.tokens,
+        "previous_actions": config.model.previous_actions,
         "max_timestep": config.model.max_timestep,
         "return_scale": config.model.return_scale,
         "dropout": config.model.dropout,
