@@ -41,8 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from agents import devices
-from policies.backbones import BACKBONES, Backbone, make_backbone
+from recurrl.agents import devices
+from recurrl.policies.backbones import BACKBONES, Backbone, make_backbone
 
 SCANS: tuple[str, ...] = ("auto", "loop", "log", "numba", "triton")
 LEVELS: tuple[str, ...] = ("scan", "layer", "backbone")
@@ -246,7 +246,7 @@ def time_ticks(tick: Callable[[], None], device: torch.device, config: BenchConf
 # --------------------------------------------------------------------------- what is measured
 def _layer_class(family: str) -> type[nn.Module]:
     """The single-recurrence layer module of minGRU/minLSTM (MinGRULayer / MinLSTMLayer)."""
-    module = importlib.import_module(f"policies.backbones.{family}")
+    module = importlib.import_module(f"recurrl.policies.backbones.{family}")
     return getattr(module, {"mingru": "MinGRULayer", "minlstm": "MinLSTMLayer"}[family])
 
 
@@ -294,7 +294,7 @@ def _scan_train(scan: str, length: int, config: BenchConfig, device: torch.devic
     fixed upstream gradient, so the traffic is the kernel's own (no projection, no materialized ones)."""
 
     def make() -> Callable[[], None]:
-        gated_scan_tm = importlib.import_module("policies.backbones.scan").gated_scan_tm
+        gated_scan_tm = importlib.import_module("recurrl.policies.backbones.kernels.scan").gated_scan_tm
         torch.manual_seed(config.seed)
         h = config.hidden_dim
         kp = torch.randn(length, config.batch_size, 2 * h, device=device, requires_grad=True)
@@ -417,7 +417,7 @@ def _scan_label(family: str, scan: str) -> str:
 def resolve_auto_scan(device: torch.device) -> str | None:
     """The backend scan="auto" picks on this device (None if the scan module cannot be imported)."""
     try:
-        return importlib.import_module("policies.backbones.scan").resolve_backend("auto", device)
+        return importlib.import_module("recurrl.policies.backbones.kernels.scan").resolve_backend("auto", device)
     except Exception:
         return None
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from agents.config import load_config
-from agents.ppo.config import PPOConfig
-from agents.ppo.ppo import PPOTrainer
+from recurrl.agents.config import load_config
+from recurrl.agents.ppo.config import PPOConfig
+from recurrl.agents.ppo.ppo import PPOTrainer
 
 # Matched settings (the CleanRL/SB3 recurrent CartPole scale).
 DEFAULTS = {
@@ -46,7 +46,7 @@ def _sb3(config: PPOConfig, policy: Any) -> tuple[float, float]:
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
 
-    import envs  # noqa: F401  (registers the POMDP ids)
+    import recurrl.envs  # noqa: F401  (registers the POMDP ids)
 
     vec_env = make_vec_env(config.env_id, n_envs=config.num_envs, seed=config.seed)
     model = RecurrentPPO(
@@ -93,7 +93,7 @@ def run_benchmark(
         # Both sides run whole rollouts; round up so they do the same number of env steps.
         config.total_steps += config.batch_size - config.total_steps % config.batch_size
 
-    from policies.sb3_policy import RecurrentBackbonePolicy
+    from recurrl.policies.integrations.sb3 import RecurrentBackbonePolicy
 
     class AdapterPolicy(RecurrentBackbonePolicy):
         default_backbone = backbone

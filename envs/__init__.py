@@ -16,12 +16,12 @@ def _register_pomdp_envs() -> None:
     if "CartPoleNoVel-v1" not in gym.registry:
         gym.register(
             id="CartPoleNoVel-v1",
-            entry_point="envs.pomdp:CartPoleNoVelEnv",
+            entry_point="recurrl.envs.pomdp:CartPoleNoVelEnv",
             max_episode_steps=500,
             reward_threshold=475.0,
         )
     if "PendulumNoVel-v1" not in gym.registry:
-        gym.register(id="PendulumNoVel-v1", entry_point="envs.pomdp:PendulumNoVelEnv", max_episode_steps=200)
+        gym.register(id="PendulumNoVel-v1", entry_point="recurrl.envs.pomdp:PendulumNoVelEnv", max_episode_steps=200)
 
 
 _register_pomdp_envs()

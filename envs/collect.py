@@ -21,9 +21,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-import envs  # noqa: F401  (registers the POMDP env ids)
-from envs.episodes import Episode, OfflineDataset
-from envs.scores import D4RL_REF_SCORES, d4rl_task_name
+import recurrl.envs  # noqa: F401  (registers the POMDP env ids)
+from recurrl.envs.episodes import Episode, OfflineDataset
+from recurrl.envs.scores import D4RL_REF_SCORES, d4rl_task_name
 
 # policy(obs [B, *obs_shape], episode_starts [B] bool) -> actions [B, *act_shape]
 PolicyFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -61,10 +61,10 @@ def make_policy(
         env.close()
         return RandomPolicy(space, num_envs, seed)
     if policy == "scripted":
-        from envs.pomdp import scripted_expert
+        from recurrl.envs.pomdp import scripted_expert
 
         return scripted_expert(env_id, num_envs, noise=noise, seed=seed)
-    from envs.behavior import load_behavior_policy
+    from recurrl.envs.behavior import load_behavior_policy
 
     return load_behavior_policy(policy, env_id, noise_std=noise, seed=seed)
 
@@ -595,7 +595,7 @@ def build_suite(
         results[tier] = summarize_collection(collection, dataset_id, path)
         results[tier]["recipe"] = recipe
         if export_dir is not None:
-            from envs.datasets import export_hdf5
+            from recurrl.envs.datasets import export_hdf5
 
             name = f"{task or env_id}-{tier}-v0.hdf5"
             results[tier]["hdf5"] = str(

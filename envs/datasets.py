@@ -25,9 +25,9 @@ import gymnasium as gym
 import h5py
 import numpy as np
 
-import envs  # noqa: F401  (registers the POMDP env ids that datasets may name)
-from envs.episodes import Episode, OfflineDataset
-from envs.scores import D4RL_ENV_IDS, d4rl_reference_scores, d4rl_task_name
+import recurrl.envs  # noqa: F401  (registers the POMDP env ids that datasets may name)
+from recurrl.envs.episodes import Episode, OfflineDataset
+from recurrl.envs.scores import D4RL_ENV_IDS, d4rl_reference_scores, d4rl_task_name
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 # A D4RL-style Hopper-v5 "medium" dataset recorded by `recurrl collect` (see envs/data/README.md).

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
-from policies.backbones.base import Backbone, State, mask_state
-from policies.backbones.registry import BACKBONES, make_backbone
+from recurrl.policies.backbones.base import Backbone, State, mask_state
+from recurrl.policies.backbones.registry import BACKBONES, make_backbone
 
 MLP = "mlp"
 

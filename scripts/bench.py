@@ -75,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from agents.bench import BenchConfig, run_bench
+    from recurrl.agents.bench import BenchConfig, run_bench
 
     overrides: dict = {}
     for arg, key in (

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from agents.decision.benchmark import run as run_benchmark
+    from recurrl.agents.decision.benchmark import run as run_benchmark
 
     if args.threads:
         torch.set_num_threads(args.threads)

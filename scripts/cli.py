@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"scripts.{name}")
+            module = importlib.import_module(f"recurrl.scripts.{name}")
         except ModuleNotFoundError as error:
             if error.name == f"scripts.{name}":
                 continue  # not built yet

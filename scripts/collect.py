@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from envs.collect import (
+    from recurrl.envs.collect import (
         build_suite,
         check_new_dataset,
         collect_policy,
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         summarize_collection,
         write_minari,
     )
-    from envs.scores import D4RL_REF_SCORES, d4rl_task_name
+    from recurrl.envs.scores import D4RL_REF_SCORES, d4rl_task_name
 
     # Batches of a few observations: one thread is faster than two fighting the env loop for cores.
     torch.set_num_threads(args.torch_threads)
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
             compress_minari_dataset(path)
         summary = summarize_collection(collection, dataset_id, path)
         if args.export_hdf5:
-            from envs.datasets import export_hdf5
+            from recurrl.envs.datasets import export_hdf5
 
             dataset = collection.to_offline_dataset(dataset_id, ref_min_score=ref_min, ref_max_score=ref_max)
             summary["hdf5"] = str(export_hdf5(dataset, args.export_hdf5))

@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_info(args: argparse.Namespace) -> int:
     import time
 
-    from envs.datasets import dataset_summary, load_dataset
+    from recurrl.envs.datasets import dataset_summary, load_dataset
 
     start = time.perf_counter()
     dataset = load_dataset(args.source, download=args.download, env_id=args.env_id)
@@ -81,7 +81,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from envs.datasets import export_hdf5, load_dataset
+    from recurrl.envs.datasets import export_hdf5, load_dataset
 
     dataset = load_dataset(args.source, download=args.download, env_id=args.env_id)
     path = export_hdf5(dataset, args.output, compression="gzip" if args.compress else None)

@@ -77,7 +77,7 @@ def expand(paths: list[str]) -> list[Path]:
 
 
 def read_kind(path: Path) -> str:
-    from agents.checkpoint import CheckpointError
+    from recurrl.agents.checkpoint import CheckpointError
 
     try:
         meta = json.loads((path / "meta.json").read_text())
@@ -88,7 +88,7 @@ def read_kind(path: Path) -> str:
 
 def evaluate_ppo(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     try:
-        from agents.ppo.evaluation import evaluate_ppo_checkpoint
+        from recurrl.agents.ppo.evaluation import evaluate_ppo_checkpoint
     except ImportError as error:
         raise ValueError(
             f"{path} is a PPO checkpoint but PPO evaluation is not available: {error}"
@@ -111,8 +111,8 @@ def evaluate_ppo(path: Path, args: argparse.Namespace) -> dict[str, Any]:
 def evaluate_decision(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
-    from agents.decision.evaluation import run_episodes, summarize
-    from agents.decision.model_io import env_spec_from_meta, load_decision_checkpoint
+    from recurrl.agents.decision.evaluation import run_episodes, summarize
+    from recurrl.agents.decision.model_io import env_spec_from_meta, load_decision_checkpoint
 
     model, meta = load_decision_checkpoint(path, args.device)
     spec = env_spec_from_meta(meta)
@@ -183,8 +183,8 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agents.checkpoint import write_json_atomic
-    from agents.decision.evaluation import format_summary
+    from recurrl.agents.checkpoint import write_json_atomic
+    from recurrl.agents.decision.evaluation import format_summary
 
     if args.episodes <= 0 or args.num_envs <= 0:
         raise ValueError("--episodes and --num-envs must be positive")
@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         write_json_atomic(args.output, summary)
         print(f"results: {args.output}")
     if plot_path is not None:
-        from agents.decision.plots import plot_target_sweep
+        from recurrl.agents.decision.plots import plot_target_sweep
 
         plot_target_sweep(decision, summary.get("aggregate", []), plot_path)
         print(f"plot: {plot_path}")

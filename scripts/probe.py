@@ -40,10 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agents.checkpoint import write_json_atomic
-    from agents.decision.model_io import env_spec_from_meta, load_decision_checkpoint
-    from agents.decision.probe import check_dataset_spaces, format_row, rtg_sensitivity
-    from envs.datasets import load_dataset
+    from recurrl.agents.checkpoint import write_json_atomic
+    from recurrl.agents.decision.model_io import env_spec_from_meta, load_decision_checkpoint
+    from recurrl.agents.decision.probe import check_dataset_spaces, format_row, rtg_sensitivity
+    from recurrl.envs.datasets import load_dataset
 
     model, meta = load_decision_checkpoint(args.checkpoint)
     spec = env_spec_from_meta(meta)

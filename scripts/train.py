@@ -52,7 +52,7 @@ def resolve_config_path(name: str) -> Path:
     path = Path(name)
     if path.is_file():
         return path
-    import configs
+    from recurrl import configs
 
     root = Path(configs.__file__).parent
     candidates = [root / name, root / f"{name}.yaml"]
@@ -66,8 +66,8 @@ def resolve_config_path(name: str) -> Path:
 
 
 def build_config(args: argparse.Namespace):
-    from agents.config import load_config
-    from agents.decision.config import DecisionConfig
+    from recurrl.agents.config import load_config
+    from recurrl.agents.decision.config import DecisionConfig
 
     flag_overrides = []
     for flag, key in (
@@ -106,7 +106,7 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from agents.decision.trainer import DecisionTrainer
+    from recurrl.agents.decision.trainer import DecisionTrainer
 
     config, resume = build_config(args)
     trainer = DecisionTrainer(config, resume=resume, show_progress=not args.no_progress)

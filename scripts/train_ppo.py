@@ -56,15 +56,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def preset_path(env_id: str) -> Path | None:
-    import configs
+    from recurrl import configs
 
     path = Path(configs.__file__).parent / "ppo" / f"{env_id}.yaml"
     return path if path.is_file() else None
 
 
 def build_config(args: argparse.Namespace):
-    from agents.config import load_config
-    from agents.ppo.config import PPOConfig
+    from recurrl.agents.config import load_config
+    from recurrl.agents.ppo.config import PPOConfig
 
     env_id = args.env or "CartPoleNoVel-v1"
     paths: list[str | Path] = []
@@ -103,7 +103,7 @@ def build_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     if args.compare_sb3:
-        from agents.ppo.sb3_compare import compare_adapter
+        from recurrl.agents.ppo.sb3_compare import compare_adapter
 
         result = compare_adapter(
             args.env or "CartPoleNoVel-v1", args.total_steps or 100_000, tuple(args.seeds)
@@ -114,12 +114,12 @@ def run(args: argparse.Namespace) -> int:
             )
             print(f"{name:<30} mean {result['mean_return'][name]:.1f}  [{returns}]")
         if args.output:
-            from agents.checkpoint import write_json_atomic
+            from recurrl.agents.checkpoint import write_json_atomic
 
             write_json_atomic(args.output, result)
         return 0
     if args.bench_sb3:
-        from agents.ppo_throughput import format_report, run_benchmark
+        from recurrl.agents.ppo_throughput import format_report, run_benchmark
 
         if args.repeats <= 0:
             raise ValueError(f"--repeats must be positive, got {args.repeats}")
@@ -132,12 +132,12 @@ def run(args: argparse.Namespace) -> int:
         )
         print(format_report(result))
         if args.output:
-            from agents.checkpoint import write_json_atomic
+            from recurrl.agents.checkpoint import write_json_atomic
 
             write_json_atomic(args.output, result)
         return 0
 
-    from agents.ppo.ppo import train_ppo
+    from recurrl.agents.ppo.ppo import train_ppo
 
     config = build_config(args)
     summary = train_ppo(config, resume=args.resume)

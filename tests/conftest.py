@@ -35,7 +35,7 @@ def minari_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def tiny_hopper_dataset_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A D4RL-format hdf5 file: the first 12 episodes (~4k steps) of the embedded Hopper-v5 medium
     dataset, with env id and D4RL reference scores in its attributes. Load with envs.datasets.load_dataset."""
-    from envs.datasets import EMBEDDED_HOPPER_MEDIUM, export_hdf5, load_minari_dir
+    from recurrl.envs.datasets import EMBEDDED_HOPPER_MEDIUM, export_hdf5, load_minari_dir
 
     dataset = load_minari_dir(EMBEDDED_HOPPER_MEDIUM, name="recurrl/hopper/medium-v0")
     dataset.episodes = dataset.episodes[:12]
@@ -46,11 +46,11 @@ def tiny_hopper_dataset_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_pomdp_dataset_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A D4RL-format hdf5 file of 8 CartPoleNoVel-v1 episodes by the noisy scripted expert (needs
     memory: the velocities are not observed). Load with envs.datasets.load_dataset."""
-    from envs.collect import collect, make_policy
+    from recurrl.envs.collect import collect, make_policy
 
     policy = make_policy("scripted", "CartPoleNoVel-v1", num_envs=4, noise=0.3, seed=0)
     collection = collect("CartPoleNoVel-v1", policy, episodes=8, num_envs=4, seed=0, progress=False)
-    from envs.datasets import export_hdf5
+    from recurrl.envs.datasets import export_hdf5
 
     dataset = collection.to_offline_dataset("tiny-cartpole-novel")
     return export_hdf5(dataset, tmp_path_factory.mktemp("datasets") / "tiny-cartpole-novel.hdf5")

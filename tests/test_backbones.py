@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from policies.backbones import BACKBONES, count_parameters, hidden_dim_for_budget, make_backbone, mask_state
-from policies.backbones.base import run_dropout, run_embedding, run_layer_norm, run_linear
+from recurrl.policies.backbones import (
+    BACKBONES,
+    count_parameters,
+    hidden_dim_for_budget,
+    make_backbone,
+    mask_state,
+)
+from recurrl.policies.backbones.base import run_dropout, run_embedding, run_layer_norm, run_linear
 
 NAMES = sorted(BACKBONES)
 D_IN, HIDDEN = 5, 16

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from mambapy.pscan import pscan
 
-from policies.backbones import make_backbone
-from policies.backbones.rnn import LSTMBackbone
+from recurrl.policies.backbones import make_backbone
+from recurrl.policies.backbones.rnn import LSTMBackbone
 
 D_IN, HIDDEN = 5, 16
 

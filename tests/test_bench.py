@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.bench import BenchConfig, Job, memory_guard, plan, resolve_device, run_bench
-from policies.backbones import BACKBONES
+from recurrl.agents.bench import BenchConfig, Job, memory_guard, plan, resolve_device, run_bench
+from recurrl.policies.backbones import BACKBONES
 
 
 def tiny(**overrides) -> BenchConfig:
@@ -102,7 +102,7 @@ def test_bad_config_raises_value_error(tmp_path: Path, overrides: dict, message:
 
 
 def test_cli_rejects_unknown_backbone(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    from scripts.cli import main
+    from recurrl.scripts.cli import main
 
     assert main(["bench", "--quick", "--backbones", "lstm,nope", "--out", str(tmp_path)]) == 2
     assert "unknown backbone" in capsys.readouterr().err
@@ -123,7 +123,7 @@ def test_gpu_targets_and_bandwidth_from_synthetic_medians() -> None:
     """The CUDA-only arithmetic (bandwidth, ratios, PASS/FAIL), checked without a GPU."""
     import torch
 
-    from agents.bench import add_bandwidth, markdown, targets
+    from recurrl.agents.bench import add_bandwidth, markdown, targets
 
     config = BenchConfig(device="cpu", seq_lens=(4096,), batch_size=64, hidden_dim=128)
     elements = 64 * 4096 * 128

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from agents.checkpoint import (
+from recurrl.agents.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_optimizer_state,

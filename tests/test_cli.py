@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.cli import COMMANDS, build_parser, main
+from recurrl.scripts.cli import COMMANDS, build_parser, main
 
 
 def test_every_subcommand_is_registered(capsys):

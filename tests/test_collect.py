@@ -9,10 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envs.behavior import ALGOS, behavior_policies_dir, evaluate_policy, gym_alias, load_behavior_policy
-from envs.collect import build_suite, collect, collect_policy, make_policy
-from envs.datasets import load_dataset
-from scripts.cli import main
+from recurrl.envs.behavior import (
+    ALGOS,
+    behavior_policies_dir,
+    evaluate_policy,
+    gym_alias,
+    load_behavior_policy,
+)
+from recurrl.envs.collect import build_suite, collect, collect_policy, make_policy
+from recurrl.envs.datasets import load_dataset
+from recurrl.scripts.cli import main
 
 needs_zoo = pytest.mark.skipif(
     not (behavior_policies_dir() / "trpo" / "Hopper" / "model.zip").is_file(),
@@ -114,7 +120,7 @@ def test_cli_collect_then_dataset_info(
 
     # the same id again is refused, before anything is recorded, unless --overwrite
     with monkeypatch.context() as patch:
-        patch.setattr("envs.collect.collect_policy", lambda *a, **k: pytest.fail("recorded before refusing"))
+        patch.setattr("recurrl.envs.collect.collect_policy", lambda *a, **k: pytest.fail("recorded before refusing"))
         assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
@@ -190,7 +196,7 @@ def test_d4rl_suite_tiers(minari_path: Path, tmp_path: Path, monkeypatch: pytest
 
     # Building a tier again is refused before any recording starts (it would be lost at the write).
     recorded = []
-    monkeypatch.setattr("envs.collect.collect_segments", lambda *a, **k: recorded.append(a))
+    monkeypatch.setattr("recurrl.envs.collect.collect_segments", lambda *a, **k: recorded.append(a))
     with pytest.raises(ValueError, match="already exists"):
         build_suite("Hopper-v5", steps=3000, tiers=("expert",), log=lambda _: None)
     assert recorded == []

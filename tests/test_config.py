@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from agents.config import load_config
+from recurrl.agents.config import load_config
 
 
 @dataclass

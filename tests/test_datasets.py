@@ -8,15 +8,15 @@ import h5py
 import numpy as np
 import pytest
 
-from envs.collect import collect, make_policy, write_minari
-from envs.datasets import (
+from recurrl.envs.collect import collect, make_policy, write_minari
+from recurrl.envs.datasets import (
     EMBEDDED_HOPPER_MEDIUM,
     dataset_summary,
     export_hdf5,
     load_dataset,
 )
-from envs.episodes import OfflineDataset
-from envs.scores import d4rl_reference_scores, normalized_score
+from recurrl.envs.episodes import OfflineDataset
+from recurrl.envs.scores import d4rl_reference_scores, normalized_score
 
 
 def _cartpole_collection(episodes: int = 4):
@@ -231,10 +231,10 @@ def test_missing_dataset_names_what_was_looked_for_and_both_ways_to_get_it(minar
 def test_large_minari_datasets_are_cached_flat(
     minari_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import envs.datasets
+    import recurrl.envs.datasets as datasets_module
 
     monkeypatch.setenv("RECURRL_DATASET_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(envs.datasets, "CACHE_MIN_EPISODES", 2)
+    monkeypatch.setattr(datasets_module, "CACHE_MIN_EPISODES", 2)
     write_minari(_cartpole_collection(3), "test/cartpole/c-v0", algorithm_name="scripted", description="t")
     first = load_dataset("test/cartpole/c-v0")
     cached = list((tmp_path / "cache").glob("*.hdf5"))

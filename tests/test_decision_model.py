@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from policies.backbones.registry import BACKBONES
-from policies.decision import DecisionModel, action_loss
+from recurrl.policies.backbones.registry import BACKBONES
+from recurrl.policies.decision import DecisionModel, action_loss
 
 STATE_DIM, ACT_DIM = 5, 3
 

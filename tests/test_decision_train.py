@@ -15,14 +15,14 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.tensorboard import SummaryWriter
 
-from agents.checkpoint import CheckpointError
-from agents.decision.config import DecisionConfig
-from agents.decision.data import SegmentSampler
-from agents.decision.evaluation import run_episodes
-from agents.decision.model_io import EnvSpec, load_decision_checkpoint
-from agents.decision.trainer import DecisionTrainer, TrainingDiverged, lr_factor
-from envs.episodes import Episode, OfflineDataset
-from policies.decision import DecisionModel
+from recurrl.agents.checkpoint import CheckpointError
+from recurrl.agents.decision.config import DecisionConfig
+from recurrl.agents.decision.data import SegmentSampler
+from recurrl.agents.decision.evaluation import run_episodes
+from recurrl.agents.decision.model_io import EnvSpec, load_decision_checkpoint
+from recurrl.agents.decision.trainer import DecisionTrainer, TrainingDiverged, lr_factor
+from recurrl.envs.episodes import Episode, OfflineDataset
+from recurrl.policies.decision import DecisionModel
 
 
 def collect(env_id: str, episodes: int, env_kwargs: dict | None = None, seed: int = 0) -> OfflineDataset:
@@ -312,7 +312,7 @@ def test_corrupt_or_foreign_checkpoints_are_rejected(tmp_path: Path, pendulum: O
 def test_unknown_config_key_is_an_error() -> None:
     import argparse
 
-    from scripts.train import build_config, register
+    from recurrl.scripts.train import build_config, register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
@@ -336,7 +336,7 @@ def untrained_model(
     dataset: OfflineDataset, backbone: str, seed: int, context_length: int = 20
 ) -> DecisionModel:
     """A freshly initialised width-16, 1-layer model for `dataset`, in eval mode (seeded init)."""
-    from agents.decision.model_io import build_model, model_kwargs
+    from recurrl.agents.decision.model_io import build_model, model_kwargs
 
     config = DecisionConfig(context_length=context_length)
     config.model.backbone, config.model.hidden_dim, config.model.num_layers = backbone, 16, 1
@@ -360,7 +360,7 @@ def test_stateful_and_window_agree_when_the_window_holds_the_episode(
 
 def test_evaluation_seeds_run_disjoint_episodes(pendulum: OfflineDataset) -> None:
     """`--seeds 0 1` must mean two sets of episodes: gymnasium's reset(seed=s) alone seeds env i with s + i."""
-    from envs.seeding import vector_env_seeds
+    from recurrl.envs.seeding import vector_env_seeds
 
     assert vector_env_seeds(0, 4) == vector_env_seeds(0, 4)
     assert not set(vector_env_seeds(0, 4)) & set(vector_env_seeds(1, 4))
@@ -409,7 +409,7 @@ def test_training_without_previous_actions_checkpoints_and_reloads(
 def test_cli_train_resume_evaluate_on_embedded_hopper(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from scripts.cli import main
+    from recurrl.scripts.cli import main
 
     common = ["--runs-dir", str(tmp_path), "--run-name", "hop", "--no-progress"]
     small = [
@@ -463,8 +463,8 @@ def test_cli_train_resume_evaluate_on_embedded_hopper(
 
 # ----------------------------------------------------------------------------- presets
 def test_presets_load_and_every_backbone_preset_builds(pendulum: OfflineDataset) -> None:
-    from agents.config import load_config
-    from agents.decision.model_io import build_model, model_kwargs
+    from recurrl.agents.config import load_config
+    from recurrl.agents.decision.model_io import build_model, model_kwargs
 
     root = Path(__file__).resolve().parents[1] / "configs" / "decision"
     presets = sorted(root.glob("*.yaml"))

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from agents.checkpoint import load_checkpoint, save_checkpoint
-from agents.flat_params import FlatParameters
+from recurrl.agents.checkpoint import load_checkpoint, save_checkpoint
+from recurrl.agents.flat_params import FlatParameters
 
 
 def _module() -> nn.Module:

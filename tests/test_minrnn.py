@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from policies.backbones import make_backbone
-from policies.backbones.mingru import MinGRU, MinGRULayer
-from policies.backbones.minlstm import MinLSTM, MinLSTMLayer
+from recurrl.policies.backbones import make_backbone
+from recurrl.policies.backbones.mingru import MinGRU, MinGRULayer
+from recurrl.policies.backbones.minlstm import MinLSTM, MinLSTMLayer
 
 BACKBONES = ["mingru", "minlstm"]
 BACKENDS = ["loop", "log", "numba"]

@@ -13,9 +13,9 @@ import pickle
 import pytest
 import torch
 
-from policies.backbones.minrnn import COMPILED_STEP_MAX_BATCH, MinRNNBackbone
-from policies.backbones.numba_step import StepWeights
-from policies.backbones.registry import make_backbone
+from recurrl.policies.backbones.kernels.numba_step import StepWeights
+from recurrl.policies.backbones.minrnn import COMPILED_STEP_MAX_BATCH, MinRNNBackbone
+from recurrl.policies.backbones.registry import make_backbone
 
 pytest.importorskip("numba")
 
@@ -180,7 +180,7 @@ def test_copies_and_pickles_get_their_own_views() -> None:
 
 
 def test_large_batches_run_eager(monkeypatch: pytest.MonkeyPatch) -> None:
-    import policies.backbones.numba_step as numba_step
+    import recurrl.policies.backbones.kernels.numba_step as numba_step
 
     calls = []
     kernel = numba_step.StepWeights.step

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import envs
-from envs.behavior import evaluate_policy
-from envs.pomdp import scripted_expert
+from recurrl import envs
+from recurrl.envs.behavior import evaluate_policy
+from recurrl.envs.pomdp import scripted_expert
 
 
 @pytest.mark.parametrize("env_id", envs.POMDP_ENV_IDS)

@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-import envs  # noqa: F401  (registers CartPoleNoVel-v1, PendulumNoVel-v1)
-from agents.checkpoint import load_checkpoint
-from agents.ppo.config import PPOConfig
-from agents.ppo.evaluation import evaluate_ppo_checkpoint
-from agents.ppo.ppo import PPOTrainer, train_ppo
-from agents.ppo.rollout import RolloutBuffer
-from policies.actor_critic import ActorCritic, SpaceSpec
+import recurrl.envs  # noqa: F401  (registers CartPoleNoVel-v1, PendulumNoVel-v1)
+from recurrl.agents.checkpoint import load_checkpoint
+from recurrl.agents.ppo.config import PPOConfig
+from recurrl.agents.ppo.evaluation import evaluate_ppo_checkpoint
+from recurrl.agents.ppo.ppo import PPOTrainer, train_ppo
+from recurrl.agents.ppo.rollout import RolloutBuffer
+from recurrl.policies.actor_critic import ActorCritic, SpaceSpec
 
 
 # ----------------------------------------------------------------------------- test envs
@@ -337,7 +337,7 @@ def test_continuous_actions_async_envs_separate_backbones(tmp_path) -> None:
 
 
 def test_cli_train_ppo_uses_preset_and_overrides(tmp_path, capsys) -> None:
-    from scripts.cli import main
+    from recurrl.scripts.cli import main
 
     run_dir = tmp_path / "cli"
     code = main(
@@ -369,8 +369,8 @@ def test_cli_train_ppo_uses_preset_and_overrides(tmp_path, capsys) -> None:
 
 
 def test_preset_backbone_options_stay_with_their_backbone() -> None:
-    from scripts.cli import build_parser
-    from scripts.train_ppo import build_config
+    from recurrl.scripts.cli import build_parser
+    from recurrl.scripts.train_ppo import build_config
 
     def config(*argv: str) -> PPOConfig:
         return build_config(build_parser().parse_args(["train-ppo", "--env", "CartPoleNoVel-v1", *argv]))
@@ -385,8 +385,8 @@ def test_preset_backbone_options_stay_with_their_backbone() -> None:
 
 @pytest.mark.parametrize("env_id", ["CartPoleNoVel-v1", "PendulumNoVel-v1", "Hopper-v5"])
 def test_presets_load_and_run_one_iteration(tmp_path, env_id) -> None:
-    from agents.config import load_config
-    from scripts.train_ppo import preset_path
+    from recurrl.agents.config import load_config
+    from recurrl.scripts.train_ppo import preset_path
 
     preset = preset_path(env_id)
     assert preset is not None, f"no preset for {env_id}"
@@ -400,8 +400,8 @@ def test_presets_load_and_run_one_iteration(tmp_path, env_id) -> None:
 def test_memory_learns_cartpole_novel_where_mlp_cannot(tmp_path) -> None:
     """The POMDP memory test (as sb3-contrib's): with the preset, minGRU PPO passes the MLP control's
     ceiling within 30k steps (measured, seeds 1-3: best mean return 196-218 by 30k; MLP stays under ~50 for 200k)."""
-    from agents.config import load_config
-    from scripts.train_ppo import preset_path
+    from recurrl.agents.config import load_config
+    from recurrl.scripts.train_ppo import preset_path
 
     best = {}
     for backbone in ("mingru", "mlp"):
@@ -418,7 +418,7 @@ def test_memory_learns_cartpole_novel_where_mlp_cannot(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_throughput_benchmark_runs_both_side_by_side() -> None:
-    from agents.ppo_throughput import format_report, run_benchmark
+    from recurrl.agents.ppo_throughput import format_report, run_benchmark
 
     small = ["num_envs=2", "num_steps=16", "num_minibatches=1", "update_epochs=1", "hidden_dim=8"]
     result = run_benchmark(total_steps=50, repeats=1, overrides=small, include_adapter=True)

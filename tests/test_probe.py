@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from agents.decision.config import DecisionConfig
-from agents.decision.data import SegmentSampler
-from agents.decision.model_io import EnvSpec, build_model, model_kwargs
-from agents.decision.probe import check_dataset_spaces, rtg_sensitivity
-from envs.datasets import load_dataset
-from envs.episodes import OfflineDataset
+from recurrl.agents.decision.config import DecisionConfig
+from recurrl.agents.decision.data import SegmentSampler
+from recurrl.agents.decision.model_io import EnvSpec, build_model, model_kwargs
+from recurrl.agents.decision.probe import check_dataset_spaces, rtg_sensitivity
+from recurrl.envs.datasets import load_dataset
+from recurrl.envs.episodes import OfflineDataset
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,14 @@ import torch
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.evaluation import evaluate_policy
 
-import envs  # noqa: F401  (registers CartPoleNoVel-v1)
-from policies.backbones.registry import make_backbone
-from policies.sb3_policy import BackboneAsLSTM, MinGRUPolicy, MinLSTMPolicy, RecurrentBackbonePolicy
+import recurrl.envs  # noqa: F401  (registers CartPoleNoVel-v1)
+from recurrl.policies.backbones.registry import make_backbone
+from recurrl.policies.integrations.sb3 import (
+    BackboneAsLSTM,
+    MinGRUPolicy,
+    MinLSTMPolicy,
+    RecurrentBackbonePolicy,
+)
 
 
 def _model(policy, **policy_kwargs) -> RecurrentPPO:

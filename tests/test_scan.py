@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import policies.backbones.scan as scan_module
-from policies.backbones.scan import (
+import recurrl.policies.backbones.kernels.scan as scan_module
+from recurrl.policies.backbones.kernels.scan import (
     g_activation,
     gated_scan,
     log_g,

@@ -53,7 +53,7 @@ def _reference_grads(fn, inputs, grad_out):
 def _check_gated() -> None:
     import torch
 
-    from policies.backbones.scan import gated_scan
+    from recurrl.policies.backbones.kernels.scan import gated_scan
 
     gen = torch.Generator().manual_seed(0)
     batch, length, hidden = 3, 11, 40  # hidden > BLOCK so the channel mask is exercised
@@ -85,7 +85,7 @@ def _check_gated() -> None:
 def _check_generic() -> None:
     import torch
 
-    from policies.backbones.scan import scan
+    from recurrl.policies.backbones.kernels.scan import scan
 
     gen = torch.Generator().manual_seed(1)
     batch, length, hidden = 2, 9, 33
@@ -107,7 +107,7 @@ def _check_generic() -> None:
 def _check_backbone() -> None:
     import torch
 
-    from policies.backbones import make_backbone
+    from recurrl.policies.backbones import make_backbone
 
     torch.manual_seed(2)
     for name in ("mingru", "minlstm"):
@@ -136,7 +136,7 @@ def _check_no_triton() -> None:
 
     import torch
 
-    from policies.backbones import make_backbone
+    from recurrl.policies.backbones import make_backbone
 
     model = make_backbone("mingru", 3, 8)  # scan="auto"
     y, _ = model(torch.randn(2, 5, 3))

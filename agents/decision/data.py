@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.episodes import OfflineDataset
+from recurrl.envs.episodes import OfflineDataset
 
 
 @dataclass

@@ -23,8 +23,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs.seeding import vector_env_seeds
-from policies.decision import DecisionModel
+from recurrl.envs.seeding import vector_env_seeds
+from recurrl.policies.decision import DecisionModel
 
 from .model_io import EnvSpec
 

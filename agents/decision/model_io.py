@@ -15,9 +15,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.checkpoint import CheckpointError, load_checkpoint, load_weights_strict
-from envs.episodes import OfflineDataset
-from policies.decision import DecisionModel
+from recurrl.agents.checkpoint import CheckpointError, load_checkpoint, load_weights_strict
+from recurrl.envs.episodes import OfflineDataset
+from recurrl.policies.decision import DecisionModel
 
 from .config import DecisionConfig
 

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.decision.data import Batch, SegmentSampler
-from agents.decision.model_io import EnvSpec
-from envs.episodes import OfflineDataset
-from policies.decision import DecisionModel, action_loss
+from recurrl.agents.decision.data import Batch, SegmentSampler
+from recurrl.agents.decision.model_io import EnvSpec
+from recurrl.envs.episodes import OfflineDataset
+from recurrl.policies.decision import DecisionModel, action_loss
 
 
 def check_dataset_spaces(spec: EnvSpec, dataset: OfflineDataset) -> None:

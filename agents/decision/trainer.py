@@ -31,7 +31,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from agents.checkpoint import (
+from recurrl.agents.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_optimizer_state,
@@ -43,11 +43,11 @@ from agents.checkpoint import (
     set_rng_state,
     write_json_atomic,
 )
-from agents.config import from_dict, save_config, to_dict
-from agents.devices import fused_optimizer_options, resolve_device
-from agents.stopping import GracefulStop
-from envs.episodes import OfflineDataset
-from policies.decision import DecisionModel, action_loss
+from recurrl.agents.config import from_dict, save_config, to_dict
+from recurrl.agents.devices import fused_optimizer_options, resolve_device
+from recurrl.agents.stopping import GracefulStop
+from recurrl.envs.episodes import OfflineDataset
+from recurrl.policies.decision import DecisionModel, action_loss
 
 from .config import DecisionConfig
 from .data import SegmentSampler
@@ -86,7 +86,7 @@ def default_run_name(config: DecisionConfig) -> str:
 
 
 def load_training_dataset(source: str) -> OfflineDataset:
-    from envs.datasets import load_dataset  # lazy: the loaders pull in minari/h5py
+    from recurrl.envs.datasets import load_dataset  # lazy: the loaders pull in minari/h5py
 
     return load_dataset(source)
 

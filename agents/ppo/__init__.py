@@ -1,5 +1,5 @@
 """Recurrent PPO (online): rollouts by `policy.step`, updates by `policy.forward` over whole sequences."""
 
-from agents.ppo.config import PPOConfig
+from recurrl.agents.ppo.config import PPOConfig
 
 __all__ = ["PPOConfig"]

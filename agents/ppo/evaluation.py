@@ -8,14 +8,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.checkpoint import CheckpointError, load_checkpoint, load_weights_strict
-from agents.config import from_dict
-from agents.ppo.config import PPOConfig
-from agents.ppo.normalization import ObsNormalizer
-from agents.ppo.ppo import CHECKPOINT_KIND, build_policy, env_actions
-from agents.ppo.vec_env import check_finite, make_vector_env
-from envs.seeding import vector_env_seeds
-from policies.actor_critic import ActorCritic, SpaceSpec
+from recurrl.agents.checkpoint import CheckpointError, load_checkpoint, load_weights_strict
+from recurrl.agents.config import from_dict
+from recurrl.agents.ppo.config import PPOConfig
+from recurrl.agents.ppo.normalization import ObsNormalizer
+from recurrl.agents.ppo.ppo import CHECKPOINT_KIND, build_policy, env_actions
+from recurrl.agents.ppo.vec_env import check_finite, make_vector_env
+from recurrl.envs.seeding import vector_env_seeds
+from recurrl.policies.actor_critic import ActorCritic, SpaceSpec
 
 
 def load_ppo_checkpoint(

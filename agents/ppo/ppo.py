@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from agents.checkpoint import (
+from recurrl.agents.checkpoint import (
     load_checkpoint,
     load_weights_strict,
     optimizer_state,
@@ -32,16 +32,16 @@ from agents.checkpoint import (
     set_rng_state,
     write_json_atomic,
 )
-from agents.config import save_config, to_dict
-from agents.devices import fused_optimizer_options
-from agents.flat_params import FlatParameters
-from agents.ppo.config import PPOConfig
-from agents.ppo.normalization import ObsNormalizer, RewardScaler
-from agents.ppo.rollout import RolloutBatch, RolloutBuffer
-from agents.ppo.vec_env import check_finite, make_vector_env
-from agents.stopping import GracefulStop
-from policies.actor_critic import ActorCritic, SpaceSpec
-from policies.backbones.base import State
+from recurrl.agents.config import save_config, to_dict
+from recurrl.agents.devices import fused_optimizer_options
+from recurrl.agents.flat_params import FlatParameters
+from recurrl.agents.ppo.config import PPOConfig
+from recurrl.agents.ppo.normalization import ObsNormalizer, RewardScaler
+from recurrl.agents.ppo.rollout import RolloutBatch, RolloutBuffer
+from recurrl.agents.ppo.vec_env import check_finite, make_vector_env
+from recurrl.agents.stopping import GracefulStop
+from recurrl.policies.actor_critic import ActorCritic, SpaceSpec
+from recurrl.policies.backbones.base import State
 
 CHECKPOINT_KIND = "ppo"
 

@@ -10,7 +10,7 @@ import torch
 from numba import njit
 from torch import Tensor
 
-from policies.backbones.base import State
+from recurrl.policies.backbones.base import State
 
 
 @dataclass

@@ -40,7 +40,7 @@ def train_and_score(
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.vec_env import VecNormalize
 
-    import envs  # noqa: F401  (registers the POMDP ids)
+    import recurrl.envs  # noqa: F401  (registers the POMDP ids)
 
     env = VecNormalize(make_vec_env(env_id, n_envs=8, seed=seed), gamma=0.98)
     model = RecurrentPPO(policy, env, seed=seed, verbose=0, **zoo_cartpole_novel_kwargs(learning_rate))
@@ -66,7 +66,7 @@ def compare_adapter(
 ) -> dict[str, Any]:
     """The LSTM runs the Zoo's lr 1e-3; minGRU runs 3e-4 (with 1e-3 its updates overshoot: seed 0
     scored 261 at 100k steps, against 500 with 3e-4; see the README)."""
-    from policies.sb3_policy import MinGRUPolicy
+    from recurrl.policies.integrations.sb3 import MinGRUPolicy
 
     torch.set_num_threads(1)
     results: dict[str, list[dict[str, Any]]] = {

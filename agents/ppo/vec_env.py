@@ -6,7 +6,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-import envs  # noqa: F401  (registers CartPoleNoVel-v1, PendulumNoVel-v1)
+import recurrl.envs  # noqa: F401  (registers CartPoleNoVel-v1, PendulumNoVel-v1)
 
 
 def make_vector_env(env_id: str, num_envs: int, vectorization: str = "sync") -> gym.vector.VectorEnv:

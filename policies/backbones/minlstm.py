@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import run_linear
+from .kernels.scan import acc, minlstm_gate_logit, minlstm_scan_tm
 from .minrnn import MinRNNBackbone, MinRNNLayer
-from .scan import acc, minlstm_gate_logit, minlstm_scan_tm
 
 
 class MinLSTMLayer(MinRNNLayer):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Backbone, State, run_dropout, run_layer_norm, run_linear
-from .scan import acc, check_backend, gated_scan_tm, resolve_backend
+from .kernels.scan import acc, check_backend, gated_scan_tm, resolve_backend
 
 
 class MinRNNLayer(nn.Module):
@@ -247,7 +247,7 @@ class MinRNNBackbone(Backbone):
         backend = resolve_backend(self.scan, device)
         if backend != "numba":
             return f"scan={self.scan!r} resolves to {backend!r} on {device}"
-        from .numba_step import StepWeights, unsupported_reason
+        from .kernels.numba_step import StepWeights, unsupported_reason
 
         reason = unsupported_reason(self)
         return reason if reason is not None else StepWeights(self)

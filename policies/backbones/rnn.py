@@ -21,11 +21,18 @@ State (batch first, zeros = fresh): LSTM `(h [B, L, H], c [B, L, H])`, GRU `(h [
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .base import Backbone, State, mask_state
+
+
+@functools.cache
+def _cpu_bf16_rnn_supported() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class _TorchRNNBackbone(Backbone):
@@ -65,7 +72,7 @@ class _TorchRNNBackbone(Backbone):
         if episode_starts is None or not bool(episode_starts[:, 1:].any()):
             if episode_starts is not None:
                 state = mask_state(state, episode_starts[:, 0])
-            y, hx = self.rnn(x, self._to_hx(state, self._compute_dtype(x)))
+            y, hx = self._run_rnn(x, self._to_hx(state, self._compute_dtype(x)))
             return y, self._from_hx(hx, state_dtype)
         if x.is_cuda:
             return self._forward_packed(x, state, episode_starts)
@@ -81,7 +88,7 @@ class _TorchRNNBackbone(Backbone):
         # torch.split (not slicing) so that backward is one cat, not one full-size zero tensor per chunk.
         for chunk in torch.split(x, sizes, dim=1):
             state = mask_state(state, episode_starts[:, begin])
-            y, hx = self.rnn(chunk, self._to_hx(state, dtype))
+            y, hx = self._run_rnn(chunk, self._to_hx(state, dtype))
             state = self._from_hx(hx, state_dtype)
             outputs.append(y)
             begin += chunk.shape[1]
@@ -108,7 +115,7 @@ class _TorchRNNBackbone(Backbone):
         keep = (first % length == 0) & ~episode_starts[row, 0]
         seg_state = tuple(s[row] * keep.view(-1, 1, 1).to(s.dtype) for s in state)
         packed = pack_padded_sequence(segments, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, hx = self.rnn(packed, self._to_hx(seg_state, self._compute_dtype(x)))
+        out, hx = self._run_rnn(packed, self._to_hx(seg_state, self._compute_dtype(x)))
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=max_len)  # [S, max_len, H]
         # Segments tile each row in order, so the valid outputs in row-major order are y itself.
         y = out[valid].reshape(batch, length, -1)
@@ -118,12 +125,28 @@ class _TorchRNNBackbone(Backbone):
 
     def _step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         # x: [B, D], state tensors: [B, L, H] -> y [B, H]; the same nn module with T=1, so weights are shared.
-        y, hx = self.rnn(x.unsqueeze(1), self._to_hx(state, self._compute_dtype(x)))
+        y, hx = self._run_rnn(x.unsqueeze(1), self._to_hx(state, self._compute_dtype(x)))
         return y[:, 0], self._from_hx(hx, state[0].dtype)
 
     def _compute_dtype(self, x: Tensor) -> torch.dtype:
         # nn.LSTM/GRU want hx in the input's dtype; under autocast the parameters' dtype is what they run in.
         return next(self.parameters()).dtype if torch.is_autocast_enabled(x.device.type) else x.dtype
+
+    def _run_rnn(self, x: Tensor | PackedSequence, hx: Tensor | tuple[Tensor, Tensor]) -> tuple:
+        """`self.rnn(x, hx)`, in float32 where CPU bf16 autocast cannot run it.
+
+        oneDNN's bf16 LSTM needs AVX-512 (`mkldnn._is_mkldnn_bf16_supported()`): on other CPUs (seen on an
+        AVX2-only EPYC) autocast's bf16 LSTM raises "could not create a primitive descriptor", so there
+        the RNN leaves autocast and runs in the parameters' dtype, as it would without autocast.
+        """
+        if torch.is_autocast_enabled("cpu") and not _cpu_bf16_rnn_supported():
+            with torch.autocast("cpu", enabled=False):
+                if isinstance(x, PackedSequence):
+                    x = x._replace(data=x.data.float())
+                else:
+                    x = x.float()
+                return self.rnn(x, hx)
+        return self.rnn(x, hx)
 
 
 class LSTMBackbone(_TorchRNNBackbone):

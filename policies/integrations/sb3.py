@@ -1,7 +1,7 @@
 """sb3-contrib adapter: any recurrent backbone of the library inside `sb3_contrib.RecurrentPPO`.
 
     from sb3_contrib import RecurrentPPO
-    from policies.sb3_policy import MinGRUPolicy
+    from recurrl.policies.integrations.sb3 import MinGRUPolicy
     model = RecurrentPPO(MinGRUPolicy, "CartPoleNoVel-v1", policy_kwargs={"lstm_hidden_size": 64})
 
 The policy subclasses sb3-contrib's `RecurrentActorCriticPolicy` and swaps its `nn.LSTM`s for our
@@ -30,8 +30,8 @@ from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor, nn
 
-from policies.backbones.base import Backbone, State
-from policies.backbones.registry import make_backbone
+from recurrl.policies.backbones.base import Backbone, State
+from recurrl.policies.backbones.registry import make_backbone
 
 
 class BackboneAsLSTM(nn.Module):
