@@ -21,7 +21,12 @@ def _register_pomdp_envs() -> None:
             reward_threshold=475.0,
         )
     if "PendulumNoVel-v1" not in gym.registry:
-        gym.register(id="PendulumNoVel-v1", entry_point="recurrl.envs.pomdp:PendulumNoVelEnv", max_episode_steps=200)
+        gym.register(
+            id="PendulumNoVel-v1",
+            entry_point="recurrl.envs.pomdp:PendulumNoVelEnv",
+            max_episode_steps=200,
+            reward_threshold=-300.0,  # the preset's target (configs/ppo/PendulumNoVel-v1.yaml)
+        )
 
 
 _register_pomdp_envs()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 from .base import Backbone, count_parameters
@@ -40,14 +41,19 @@ def make_backbone(
 def hidden_dim_for_budget(
     name: str, input_dim: int, param_budget: int, num_layers: int = 1, multiple_of: int = 8, **options: Any
 ) -> int:
-    """Largest hidden_dim (a multiple of `multiple_of`) whose backbone has <= param_budget parameters.
-
-    Parameter counts grow monotonically with width, so a binary search over widths suffices.
-    """
+    """Largest hidden_dim (a multiple of `multiple_of`) whose backbone has <= param_budget parameters."""
 
     def params(width: int) -> int:
         return count_parameters(make_backbone(name, input_dim, width, num_layers, **options))
 
+    return largest_width(params, param_budget, multiple_of, what=f"backbone {name!r}")
+
+
+def largest_width(params: Callable[[int], int], param_budget: int, multiple_of: int = 8, what: str = "model") -> int:
+    """Largest width (a multiple of `multiple_of`) with params(width) <= param_budget.
+
+    Parameter counts grow monotonically with width, so a binary search over widths suffices.
+    """
     low, high = 1, 1
     while params(high * multiple_of) <= param_budget:
         low, high = high, high * 2
@@ -55,8 +61,7 @@ def hidden_dim_for_budget(
             break
     if params(low * multiple_of) > param_budget:
         raise ValueError(
-            f"backbone {name!r}: even hidden_dim={multiple_of} has {params(multiple_of)} parameters, "
-            f"over the budget of {param_budget}"
+            f"{what}: even width {multiple_of} has {params(multiple_of)} parameters, over the budget of {param_budget}"
         )
     while high - low > 1:
         mid = (low + high) // 2

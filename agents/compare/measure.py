@@ -1,0 +1,143 @@
+"""Measure one finished training run for a comparison row (run as a subprocess of `recurrl compare`):
+
+    python -m recurrl.agents.compare.measure RUN_DIR --out ROW.json [--online] [--episodes N]
+
+Offline (Decision) rows: the stateful scores the run wrote (last and best checkpoint), the same
+checkpoints in window mode on the same evaluation episodes (same env seeds), the training steps/s
+(TensorBoard's time/steps_per_sec, measured between evaluations, so evaluation is excluded), the
+model's per-tick `step` latency at batch 1, and the dataset's own average score.
+Online (PPO) rows: a final deterministic evaluation of the last checkpoint, the first env step at
+which the periodic evaluation reached the env's reward threshold, and env steps/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recurrl.agents.checkpoint import write_json_atomic
+
+TICKS, ROUNDS = 200, 5
+
+
+def median_scalar(run_dir: Path, tag: str) -> float | None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    if tag not in events.Tags().get("scalars", []):
+        return None
+    return float(statistics.median(e.value for e in events.Scalars(tag)))
+
+
+@torch.no_grad()
+def tick_latency_us(model: Any, context_length: int) -> float:
+    """Median microseconds of one `model.step` at batch 1, after a window of context (untimed)."""
+    s, a = model.state_dim, model.act_dim
+    rtg, obs, prev = torch.full((1, 1), 1000.0), torch.randn(1, s), torch.zeros(1, a)
+    first, later = torch.ones(1, dtype=torch.bool), torch.zeros(1, dtype=torch.bool)
+    rounds = []
+    for _ in range(ROUNDS + 1):  # the first round warms up (compiles the step, fills the KV cache)
+        state = model.initial_state(1)
+        for t in range(context_length):
+            _, state = model.step(rtg, obs, prev, torch.tensor([t]), state, first if t == 0 else later)
+        times = [torch.tensor([t]) for t in range(context_length, context_length + TICKS)]
+        start = time.perf_counter()
+        for t in times:
+            _, state = model.step(rtg, obs, prev, t, state, later)
+        rounds.append((time.perf_counter() - start) / TICKS)
+    return 1e6 * statistics.median(rounds[1:])
+
+
+def _first_target(result: dict[str, Any]) -> dict[str, Any]:
+    return result["targets"][0]
+
+
+def measure_decision(run_dir: Path, episodes: int | None) -> dict[str, Any]:
+    from recurrl.agents.decision.evaluation import run_episodes, summarize
+    from recurrl.agents.decision.model_io import env_spec_from_meta, load_decision_checkpoint
+
+    results = json.loads((run_dir / "results.json").read_text())
+    config = results["config"]
+    ev, k = config["eval"], config["context_length"]
+    row: dict[str, Any] = {
+        "kind": "offline",
+        "run_dir": str(run_dir),
+        "dataset": results["dataset"],
+        "parameters": results["num_parameters"],
+        "steps": results["steps"],
+        "hidden_dim": config["model"]["hidden_dim"],
+        "best_step": results["checkpoints"]["best"]["step"],
+    }
+    for name in ("last", "best"):
+        target = _first_target(results["checkpoints"][name])
+        row["target_return"] = target["target_return"]
+        row[f"{name}_stateful_score"] = target["normalized_score_mean"]
+        row[f"{name}_stateful_return"] = target["return_mean"]
+        model, meta = load_decision_checkpoint(run_dir / "checkpoints" / name)
+        spec = env_spec_from_meta(meta)
+        n = episodes or ev["episodes"]
+        window = summarize(
+            run_episodes(model, spec, target["target_return"], n, ev["num_envs"], ev["seed"], "window", k), spec
+        )
+        row[f"{name}_window_score"] = window["normalized_score_mean"]
+        row[f"{name}_window_return"] = window["return_mean"]
+        if name == "last":
+            row["env_id"] = spec.env_id
+            row["has_reference_scores"] = spec.normalized(np.zeros(1)) is not None
+            stats = meta.get("dataset_stats") or {}
+            dataset_score = spec.normalized(np.array([stats.get("return_mean", np.nan)]))
+            row["dataset_return"] = stats.get("return_mean")
+            row["dataset_score"] = None if dataset_score is None else float(dataset_score[0])
+            row["tick_latency_us"] = tick_latency_us(model, k)
+    row["train_steps_per_s"] = results.get("train_steps_per_s") or median_scalar(run_dir, "time/steps_per_sec")
+    return row
+
+
+def measure_ppo(run_dir: Path, episodes: int | None) -> dict[str, Any]:
+    import gymnasium as gym
+
+    import recurrl.envs  # noqa: F401  (registers the POMDP ids)
+    from recurrl.agents.ppo.evaluation import evaluate_ppo_checkpoint
+
+    results = json.loads((run_dir / "results.json").read_text())
+    final = evaluate_ppo_checkpoint(run_dir / "checkpoints" / "last", episodes=episodes or 10, seed=0)
+    threshold = gym.spec(results["env_id"]).reward_threshold
+    reached = [e["step"] for e in results.get("evaluations", []) if threshold is not None and e["mean_reward"] >= threshold]
+    return {
+        "kind": "online",
+        "run_dir": str(run_dir),
+        "env_id": results["env_id"],
+        "parameters": results["parameters"],
+        "steps": results["global_step"],
+        "final_return": final["mean_return"],
+        "final_return_std": final["std_return"],
+        "reward_threshold": threshold,
+        "steps_to_threshold": reached[0] if reached else None,
+        "env_steps_per_s": results["fps"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recurrl.agents.compare.measure", description=__doc__)
+    parser.add_argument("run_dir")
+    parser.add_argument("--out", required=True, help="where the row goes (JSON)")
+    parser.add_argument("--online", action="store_true", help="a PPO run")
+    parser.add_argument("--episodes", type=int, help="evaluation episodes (default: the run's config)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    run_dir = Path(args.run_dir)
+    row = measure_ppo(run_dir, args.episodes) if args.online else measure_decision(run_dir, args.episodes)
+    write_json_atomic(args.out, row)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
