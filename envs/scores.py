@@ -19,6 +19,19 @@ D4RL_ENV_IDS: dict[str, str] = {
 }
 
 
+# The Decision Transformer paper's evaluation targets (Chen et al. 2021, first of each pair).
+DT_TARGET_RETURNS: dict[str, float] = {"halfcheetah": 6000.0, "hopper": 3600.0, "walker2d": 5000.0}
+
+
+def default_target_return(env_id: str, episode_returns: np.ndarray) -> tuple[float, str]:
+    """The return a Decision agent is conditioned on when none is given -> (target, where it came from)."""
+    task = d4rl_task_name(env_id)
+    if task is not None:
+        return DT_TARGET_RETURNS[task], f"the DT paper's target for {task}"
+    best = float(np.max(episode_returns))
+    return best, "the dataset's best episode return"
+
+
 def d4rl_task_name(env: str) -> str | None:
     """'Hopper-v5', 'hopper', 'hopper-medium-v2' -> 'hopper'; None when not a D4RL locomotion task."""
     lowered = env.lower().replace("_", "").replace("-", "")

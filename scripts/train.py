@@ -33,6 +33,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backbone", help="mingru | minlstm | lstm | gru | mamba | transformer")
     parser.add_argument("--steps", type=int, help="optimizer steps")
     parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--target-return",
+        type=float,
+        nargs="+",
+        metavar="R",
+        help="return(s) to condition evaluation on (eval.target_returns; default: DT's target for the D4RL envs, "
+        "else the dataset's best episode return)",
+    )
     parser.add_argument("--device", help="auto | cpu | cuda")
     parser.add_argument("--run-name", help="run directory name under --runs-dir")
     parser.add_argument("--runs-dir", help="where runs go (default: runs)")
@@ -75,6 +83,7 @@ def build_config(args: argparse.Namespace):
         ("backbone", "model.backbone"),
         ("steps", "steps"),
         ("seed", "seed"),
+        ("target_return", "eval.target_returns"),
         ("device", "device"),
         ("run_name", "run_name"),
         ("runs_dir", "runs_dir"),

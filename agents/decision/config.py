@@ -7,6 +7,7 @@ sized settings (width 128, 3 layers, 100k steps: GPU budgets) live in `configs/d
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,7 +31,9 @@ class ModelConfig:
 
 @dataclass
 class EvalConfig:
-    target_returns: list[float] = field(default_factory=lambda: [3600.0])  # DT's hopper target
+    # Empty: one target from the dataset (envs.scores.default_target_return): DT's for the D4RL envs
+    # (hopper 3600, halfcheetah 6000, walker2d 5000), else the dataset's best episode return.
+    target_returns: list[float] = field(default_factory=list)
     episodes: int = 10  # episodes per target return at the end of training
     num_envs: int = 10  # parallel envs (gymnasium SyncVectorEnv)
     every: int = 500  # evaluate (and maybe update the best checkpoint) every N steps; 0 = only at the end
@@ -95,7 +98,10 @@ class DecisionConfig:
             (self.eval.episodes > 0, f"eval.episodes must be positive, got {self.eval.episodes}"),
             (self.eval.num_envs > 0, f"eval.num_envs must be positive, got {self.eval.num_envs}"),
             (self.eval.every >= 0, f"eval.every must be >= 0, got {self.eval.every}"),
-            (len(self.eval.target_returns) > 0, "eval.target_returns needs at least one target return"),
+            (
+                all(math.isfinite(t) for t in self.eval.target_returns),
+                f"eval.target_returns must be finite numbers, got {self.eval.target_returns}",
+            ),
             (self.model.hidden_dim > 0, f"model.hidden_dim must be positive, got {self.model.hidden_dim}"),
             (self.model.num_layers > 0, f"model.num_layers must be positive, got {self.model.num_layers}"),
             (

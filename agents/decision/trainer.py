@@ -47,6 +47,7 @@ from recurrl.agents.config import from_dict, save_config, to_dict
 from recurrl.agents.devices import fused_optimizer_options, resolve_device
 from recurrl.agents.stopping import GracefulStop
 from recurrl.envs.episodes import OfflineDataset
+from recurrl.envs.scores import default_target_return
 from recurrl.policies.decision import DecisionModel, action_loss
 
 from .config import DecisionConfig
@@ -118,6 +119,7 @@ class DecisionTrainer:
         self.dataset = dataset if dataset is not None else load_training_dataset(config.dataset)
         self.env_spec = EnvSpec.from_dataset(self.dataset)
         self._check_dataset_env()
+        self._resolve_targets()
         self.model_kwargs = model_kwargs(config, self.dataset)
         self.model: DecisionModel = build_model(self.model_kwargs).to(self.device)
         # The weights that are evaluated, checkpointed and deployed: an average of the model's, or the model.
@@ -156,6 +158,20 @@ class DecisionTrainer:
             {"params": decay, "weight_decay": self.config.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
+
+    def _resolve_targets(self) -> None:
+        """No eval.target_returns given: one from the dataset, said out loud (and saved in config.json).
+        A target far outside the dataset's episode returns (beyond one return range) is a warning."""
+        returns = self.dataset.stats.returns
+        low, high = float(returns.min()), float(returns.max())
+        if not self.config.eval.target_returns:
+            target, why = default_target_return(self.dataset.env_id, returns)
+            self.config.eval.target_returns = [target]
+            print(f"target return {target:g} ({why}); set another with --target-return or eval.target_returns=[...]")
+        span = max(high - low, 1e-9)
+        for target in self.config.eval.target_returns:
+            if not low - span <= target <= high + span:
+                print(f"warning: target return {target:g} is far outside the dataset's episode returns ({low:.1f} to {high:.1f})")
 
     def _check_dataset_env(self) -> None:
         """The dataset's spaces must be the evaluation env's (else evaluation would be meaningless)."""
