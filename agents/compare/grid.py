@@ -134,9 +134,11 @@ class Grid:
 
 
 def check_settings(grid: Grid) -> None:
-    """Write DIR/grid.json, or refuse a DIR whose cells were made with other settings."""
+    """Write DIR/grid.json, or refuse a DIR whose cells were made with other settings. grid.json also
+    keeps the order of the tasks and backbones asked for so far (the reports' row and column order)."""
     path = grid.out / "grid.json"
     settings = grid.settings()
+    saved: dict[str, Any] = {}
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
@@ -150,8 +152,11 @@ def check_settings(grid: Grid) -> None:
             )
     elif grid.out.exists() and not grid.out.is_dir():
         raise ValueError(f"--out {grid.out} is a file; give a directory")
-    else:
-        write_json_atomic(path, {**settings, "created": time.strftime("%Y-%m-%d %H:%M:%S")})
+    order = saved.get("order", {"tasks": [], "backbones": []})
+    for key, values in (("tasks", grid.tasks), ("backbones", grid.backbones)):
+        order[key] += [v for v in values if v not in order[key]]
+    created = saved.get("created", time.strftime("%Y-%m-%d %H:%M:%S"))
+    write_json_atomic(path, {**settings, "order": order, "created": created})
 
 
 def _die_with_parent() -> None:

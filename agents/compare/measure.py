@@ -41,7 +41,8 @@ def median_scalar(run_dir: Path, tag: str) -> float | None:
 def tick_latency_us(model: Any, context_length: int) -> float:
     """Median microseconds of one `model.step` at batch 1, after a window of context (untimed)."""
     s, a = model.state_dim, model.act_dim
-    rtg, obs, prev = torch.full((1, 1), 1000.0), torch.randn(1, s), torch.zeros(1, a)
+    rtg, obs = torch.full((1, 1), 1000.0), torch.randn(1, s)
+    prev = torch.zeros(1, dtype=torch.long) if model.discrete else torch.zeros(1, a)
     first, later = torch.ones(1, dtype=torch.bool), torch.zeros(1, dtype=torch.bool)
     rounds = []
     for _ in range(ROUNDS + 1):  # the first round warms up (compiles the step, fills the KV cache)

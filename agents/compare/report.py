@@ -211,6 +211,8 @@ def write_plot(summary: dict[str, Any], path: Path, title: str) -> None:
 
 def write_reports(out: Path, tasks: list[str] | None = None, backbones: list[str] | None = None) -> dict[str, Any]:
     rows = read_rows(out)
+    order = json.loads((out / "grid.json").read_text()).get("order", {}) if (out / "grid.json").is_file() else {}
+    tasks, backbones = tasks or order.get("tasks"), backbones or order.get("backbones")
     if not rows:
         raise ValueError(f"{out} has no finished cells yet (cells/*.json); nothing to report")
     summary = summarize(rows, tasks, backbones)
