@@ -34,6 +34,18 @@ def test_python_dash_m_runs_the_cli():
     assert "train" in out.stdout and "evaluate" in out.stdout
 
 
+def test_every_subpackage_is_listed_for_the_wheel():
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"recurrl"} | {
+        "recurrl." + ".".join(p.parent.relative_to(REPO).parts)
+        for p in REPO.glob("*/**/__init__.py")
+        if p.parts[len(REPO.parts)] in ("agents", "policies", "envs", "configs", "scripts")
+    }
+    assert found == listed, found ^ listed
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
