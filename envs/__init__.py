@@ -1,7 +1,7 @@
 """Environments and offline datasets.
 
 Importing this package registers the POMDP tasks with gymnasium (`CartPoleNoVel-v1`,
-`PendulumNoVel-v1`), so `gym.make("CartPoleNoVel-v1")` works after `import envs`. Kept light: torch,
+`PendulumNoVel-v1`), so `gym.make("CartPoleNoVel-v1")` works after `import recurrl.envs`. Kept light: torch,
 stable-baselines3 and minari are imported only by the modules that need them.
 """
 
