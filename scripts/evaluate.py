@@ -86,105 +86,10 @@ def read_kind(path: Path) -> str:
     return str(meta.get("kind"))
 
 
-def evaluate_ppo(path: Path, args: argparse.Namespace) -> dict[str, Any]:
-    try:
-        from recurrl.agents.ppo.evaluation import evaluate_ppo_checkpoint
-    except ImportError as error:
-        raise ValueError(
-            f"{path} is a PPO checkpoint but PPO evaluation is not available: {error}"
-        ) from error
-    results = []
-    for seed in args.seeds:
-        results.append(
-            evaluate_ppo_checkpoint(
-                str(path),
-                episodes=args.episodes,
-                seed=seed,
-                num_envs=args.num_envs,
-                device=args.device,
-                deterministic=not args.stochastic,
-            )
-        )
-    return {"kind": "ppo", "checkpoint": str(path), "seeds": args.seeds, "results": results}
-
-
-def evaluate_decision(path: Path, args: argparse.Namespace) -> dict[str, Any]:
-    import numpy as np
-
-    from recurrl.agents.decision.evaluation import run_episodes, summarize
-    from recurrl.agents.decision.model_io import env_spec_from_meta, load_decision_checkpoint
-
-    model, meta = load_decision_checkpoint(path, args.device)
-    spec = env_spec_from_meta(meta)
-    config = meta["config"]
-    targets = args.target_returns or config["eval"]["target_returns"]
-    k = args.context_length or config["context_length"]
-    modes = ["stateful", "window"] if args.mode == "both" else [args.mode]
-    out: dict[str, Any] = {
-        "kind": "decision",
-        "checkpoint": str(path),
-        "step": meta["step"],
-        "dataset": meta.get("dataset"),
-        "dataset_stats": meta.get("dataset_stats"),
-        "env_id": spec.env_id,
-        "modes": {},
-    }
-    for mode in modes:
-        per_target = []
-        for target in targets:
-            runs = [
-                run_episodes(model, spec, target, args.episodes, args.num_envs, s, mode, k, args.device)
-                for s in args.seeds
-            ]
-            pooled = {
-                "target_return": float(target),
-                "returns": [r for run in runs for r in run["returns"]],
-                "lengths": [n for run in runs for n in run["lengths"]],
-                "env_steps": sum(run["env_steps"] for run in runs),
-                "wall_time_s": sum(run["wall_time_s"] for run in runs),
-            }
-            summary = summarize(pooled, spec)
-            summary["seeds"] = list(args.seeds)
-            summary["wall_time_s_per_seed"] = [run["wall_time_s"] for run in runs]
-            per_target.append(summary)
-        out["modes"][mode] = per_target
-    out["num_parameters"] = int(sum(np.prod(p.shape) for p in model.parameters()))
-    return out
-
-
-def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Across checkpoints (seeds): per (mode, target), mean +- std of per-checkpoint means and pooled episodes."""
-    import numpy as np
-
-    rows = []
-    keys = sorted({(m, t["target_return"]) for r in results for m, ts in r["modes"].items() for t in ts})
-    for mode, target in keys:
-        summaries = [t for r in results for t in r["modes"].get(mode, []) if t["target_return"] == target]
-        means = np.array([s["return_mean"] for s in summaries])
-        pooled = np.array([x for s in summaries for x in s["returns"]])
-        row = {
-            "mode": mode,
-            "target_return": target,
-            "checkpoints": len(summaries),
-            "return_mean": float(pooled.mean()),
-            "return_std_episodes": float(pooled.std()),
-            "return_std_checkpoints": float(means.std()),
-        }
-        if summaries[0]["normalized_score_mean"] is not None:
-            norm = np.array([s["normalized_score_mean"] for s in summaries])
-            pooled_norm = np.array([x for s in summaries for x in s["normalized_scores"]])
-            row.update(
-                normalized_score_mean=float(pooled_norm.mean()),
-                normalized_score_std_episodes=float(pooled_norm.std()),
-                normalized_score_std_checkpoints=float(norm.std()),
-            )
-        rows.append(row)
-    return rows
-
-
 def run(args: argparse.Namespace) -> int:
     from recurrl.agents.checkpoint import write_json_atomic
-    from recurrl.agents.decision.evaluation import format_summary
+    from recurrl.agents.decision.evaluation import aggregate_checkpoints, evaluate_checkpoint
+    from recurrl.agents.evaluation import fmt, format_summary, mean_std
 
     if args.episodes <= 0 or args.num_envs <= 0:
         raise ValueError("--episodes and --num-envs must be positive")
@@ -197,36 +102,44 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--plot writes a PNG; give a path ending in .png, not {args.plot!r}")
     paths = expand(args.checkpoints)
     kinds = [read_kind(path) for path in paths]
+    unknown = [f"{p} ({k!r})" for p, k in zip(paths, kinds, strict=True) if k not in ("decision", "ppo")]
+    if unknown:
+        raise ValueError(f"unknown checkpoint kind: {', '.join(unknown)} (expected 'decision' or 'ppo')")
     if plot_path is not None and "decision" not in kinds:
         raise ValueError("--plot needs Decision-agent checkpoints (it plots return against target return)")
+    if args.stochastic and "decision" in kinds:
+        raise ValueError("--stochastic is for PPO checkpoints: a Decision agent's actions are deterministic")
+    modes = ("stateful", "window") if args.mode == "both" else (args.mode,)
     decision, other = [], []
     for path, kind in zip(paths, kinds, strict=True):
         if kind == "decision":
-            result = evaluate_decision(path, args)
+            result = evaluate_checkpoint(
+                path, args.target_returns, modes, args.episodes, args.num_envs, tuple(args.seeds),
+                args.context_length, args.device,
+            )  # fmt: skip
             decision.append(result)
             for mode, summaries in result["modes"].items():
                 for s in summaries:
                     print(f"{path} [{mode}, step {result['step']}] {format_summary(s)}")
-        elif kind == "ppo":
-            result = evaluate_ppo(path, args)
-            other.append(result)
-            for run in result["results"]:
-                print(
-                    f"{path} [ppo, {run['env_id']}, {run['backbone']}, seed {run['seed']}] "
-                    f"return {run['mean_return']:.1f} +- {run['std_return']:.1f} ({run['episodes']} episodes, "
-                    f"{'deterministic' if run['deterministic'] else 'stochastic'})"
-                )
         else:
-            raise ValueError(f"{path}: unknown checkpoint kind {kind!r} (expected 'decision' or 'ppo')")
+            from recurrl.agents.ppo.evaluation import evaluate_ppo_checkpoint
+
+            result = evaluate_ppo_checkpoint(
+                path, args.episodes, tuple(args.seeds), args.num_envs, args.device, not args.stochastic
+            )
+            other.append(result)
+            how = "deterministic" if result["deterministic"] else "stochastic"
+            print(f"{path} [ppo, {result['env_id']}, {result['backbone']}, {how}] {format_summary(result)}")
     summary: dict[str, Any] = {"checkpoints": decision + other}
     if len(decision) > 1:
-        summary["aggregate"] = aggregate(decision)
+        summary["aggregate"] = aggregate_checkpoints(decision)
         for row in summary["aggregate"]:
+            scale = abs(row["return_mean"])
             text = f"all {row['checkpoints']} checkpoints [{row['mode']}] target {row['target_return']:g}: "
-            text += f"return {row['return_mean']:.1f} (std over episodes {row['return_std_episodes']:.1f}, "
-            text += f"over checkpoints {row['return_std_checkpoints']:.1f})"
+            text += f"return {fmt(row['return_mean'])} (std over episodes {fmt(row['return_std_episodes'], scale)}, "
+            text += f"over checkpoints {fmt(row['return_std_checkpoints'], scale)})"
             if "normalized_score_mean" in row:
-                text += f", normalized {row['normalized_score_mean']:.1f} +- {row['normalized_score_std_checkpoints']:.1f}"
+                text += f", normalized {mean_std(row['normalized_score_mean'], row['normalized_score_std_checkpoints'])}"
             print(text)
     if args.output:
         write_json_atomic(args.output, summary)

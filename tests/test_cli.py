@@ -35,7 +35,7 @@ def test_evaluate_prints_a_readable_line_for_ppo_checkpoints(tmp_path, capsys):
         main(["evaluate", str(run_dir / "checkpoints" / "last"), "--episodes", "2", "--num-envs", "2"]) == 0
     )
     out = capsys.readouterr().out
-    assert "[ppo, CartPoleNoVel-v1, mingru, seed 0] return" in out and "(2 episodes, deterministic)" in out
+    assert "[ppo, CartPoleNoVel-v1, mingru, deterministic] return" in out and "(2 episodes, eval seed 0," in out
     # The target-return plot is for Decision checkpoints: asked of a PPO run, an error before any episode.
     plot = tmp_path / "sweep.png"
     assert main(["evaluate", str(run_dir / "checkpoints" / "last"), "--plot", str(plot)]) == 2
@@ -70,3 +70,12 @@ def test_bench_decision_tick_reports_every_batch_and_the_ratio(capsys):
             assert out[f"transformer_window_over_{name}_step"][batch] == pytest.approx(
                 ratio, rel=1e-2, abs=0.0051
             )
+
+
+def test_returns_print_with_the_precision_their_scale_needs():
+    from recurrl.agents.evaluation import fmt, mean_std
+
+    assert mean_std(1305.57, 57.34) == "1305.6 +- 57.3"
+    assert mean_std(-0.2149, 0.0531) == "-0.21 +- 0.05"
+    assert mean_std(0.0031, 0.0012) == "0.0031 +- 0.0012"
+    assert fmt(9.5) == "9.5" and fmt(0.0) == "0.0"

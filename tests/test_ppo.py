@@ -245,9 +245,9 @@ def test_train_checkpoint_evaluate_and_resume(tmp_path) -> None:
     events = list((tmp_path / "run").glob("events.out.tfevents.*"))
     assert events
 
-    result = evaluate_ppo_checkpoint(ckpt, episodes=3, seed=0, num_envs=2)
-    assert result["episodes"] == 3 and len(result["returns"]) == 3 and result["mean_return"] > 0
-    again = evaluate_ppo_checkpoint(ckpt, episodes=3, seed=0, num_envs=2)
+    result = evaluate_ppo_checkpoint(ckpt, episodes=3, seeds=(0,), num_envs=2)
+    assert result["episodes"] == 3 and len(result["returns"]) == 3 and result["return_mean"] > 0
+    again = evaluate_ppo_checkpoint(ckpt, episodes=3, seeds=(0,), num_envs=2)
     assert again["returns"] == result["returns"]  # deterministic and seeded
 
     resumed = PPOTrainer(_config(tmp_path, total_steps=256), resume=True)
@@ -267,8 +267,8 @@ def test_periodic_evaluation_logs_and_leaves_training_unchanged(tmp_path, scalar
     cfg = _config(tmp_path, total_steps=256, eval_every=128, eval_episodes=3)  # iterations of 64 steps
     summary = train_ppo(cfg)
     assert [e["step"] for e in summary["evaluations"]] == [128, 256]
-    last = evaluate_ppo_checkpoint(tmp_path / "run/checkpoints/last", episodes=3, seed=cfg.seed + 10_000)
-    assert summary["evaluations"][-1]["mean_reward"] == pytest.approx(last["mean_return"])
+    last = evaluate_ppo_checkpoint(tmp_path / "run/checkpoints/last", episodes=3, seeds=(cfg.seed + 10_000,))
+    assert summary["evaluations"][-1]["mean_reward"] == pytest.approx(last["return_mean"])
     assert scalar_steps(tmp_path / "run", "eval/mean_reward") == [128, 256]
     assert scalar_steps(tmp_path / "run", "eval/mean_ep_length") == [128, 256]
 
@@ -333,7 +333,7 @@ def test_continuous_actions_async_envs_separate_backbones(tmp_path) -> None:
     summary = train_ppo(cfg)
     assert summary["global_step"] == 64
     result = evaluate_ppo_checkpoint(summary["checkpoint"], episodes=1, num_envs=1)
-    assert -2000 < result["mean_return"] < 0 and result["lengths"] == [200]
+    assert -2000 < result["return_mean"] < 0 and result["lengths"] == [200]
 
 
 def test_cli_train_ppo_uses_preset_and_overrides(tmp_path, capsys) -> None:

@@ -109,7 +109,7 @@ def measure_ppo(run_dir: Path, episodes: int | None) -> dict[str, Any]:
     from recurrl.agents.ppo.evaluation import evaluate_ppo_checkpoint
 
     results = json.loads((run_dir / "results.json").read_text())
-    final = evaluate_ppo_checkpoint(run_dir / "checkpoints" / "last", episodes=episodes or 10, seed=0)
+    final = evaluate_ppo_checkpoint(run_dir / "checkpoints" / "last", episodes=episodes or 10)
     threshold = gym.spec(results["env_id"]).reward_threshold
     reached = [e["step"] for e in results.get("evaluations", []) if threshold is not None and e["mean_reward"] >= threshold]
     return {
@@ -118,8 +118,8 @@ def measure_ppo(run_dir: Path, episodes: int | None) -> dict[str, Any]:
         "env_id": results["env_id"],
         "parameters": results["parameters"],
         "steps": results["global_step"],
-        "final_return": final["mean_return"],
-        "final_return_std": final["std_return"],
+        "final_return": final["return_mean"],
+        "final_return_std": final["return_std"],
         "reward_threshold": threshold,
         "steps_to_threshold": reached[0] if reached else None,
         "env_steps_per_s": results["fps"],

@@ -1,4 +1,4 @@
-"""Evaluate a DecisionModel in N gymnasium envs at once.
+"""Evaluate a DecisionModel in N gymnasium envs at once (the episode runner is agents.evaluation's).
 
 Stateful mode (the point of the project): one batched `model.step` per env tick, the backbone state
 carried per env through its whole episode and reset (via `episode_starts`) when that env's episode
@@ -7,38 +7,50 @@ starts. The Transformer backbone keeps a KV cache inside its context window.
 Window mode (classic DT): every tick re-encodes each env's last K timesteps with `model.forward`,
 left-padded, with `episode_starts` marking the first real step so padding is forgotten.
 
-The vector env uses gymnasium's SAME_STEP autoreset: the step that ends an episode already returns
-the first observation of the next one (the final observation goes to `info`), so the model's input
-at the next tick is always the observation it should act on, and the env's row is marked as an
-episode start. Each env runs a fixed quota of episodes (episodes / num_envs, spread evenly): taking
-the first N episodes to finish would favour short (failed) episodes.
+Both condition on the return still to collect (DT): the target minus the rewards so far, and on the
+timestep within the episode; `DecisionActor` carries both per env.
 """
 
 from __future__ import annotations
 
-import time
+from pathlib import Path
 from typing import Any, Literal
 
-import gymnasium as gym
 import numpy as np
 import torch
 
-from recurrl.envs.seeding import vector_env_seeds
+from recurrl.agents import evaluation
+from recurrl.envs.vector import make_vector_env
 from recurrl.policies.decision import DecisionModel
 
-from .model_io import EnvSpec
+from .model_io import EnvSpec, env_spec_from_meta, load_decision_checkpoint
 
 Mode = Literal["stateful", "window"]
 
 
-def make_vector_env(spec: EnvSpec, num_envs: int) -> gym.vector.VectorEnv:
-    def make() -> gym.Env:
-        return gym.make(spec.env_id, **spec.env_kwargs)
+class DecisionActor:
+    """The Decision agent as an `agents.evaluation.Actor`: return-to-go and timestep per env, and the
+    stateful (`model.step`, state carried) or window (`model.forward` over the last K steps) policy."""
 
-    envs = gym.vector.SyncVectorEnv([make] * num_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
-    spec.check_env(envs)
-    return envs
+    def __init__(
+        self, model: DecisionModel, n: int, target_return: float, mode: Mode, context_length: int, device: torch.device
+    ) -> None:
+        self.model, self.target = model, float(target_return)
+        self.rtg = np.full(n, self.target, dtype=np.float32)
+        self.timesteps = np.zeros(n, dtype=np.int64)
+        self.policy = (
+            _StatefulPolicy(model, n, device) if mode == "stateful" else _WindowPolicy(model, n, context_length, device)
+        )
+
+    def act(self, obs: np.ndarray, episode_starts: np.ndarray) -> np.ndarray:
+        obs = np.asarray(obs, np.float32).reshape(len(self.rtg), -1)
+        return self.policy.act(self.rtg, obs, self.timesteps, episode_starts)
+
+    def observe(self, rewards: np.ndarray, ended: np.ndarray) -> None:
+        self.rtg = self.rtg - rewards.astype(np.float32)  # DT: condition on the return still to collect
+        self.timesteps = self.timesteps + 1
+        self.rtg[ended] = self.target
+        self.timesteps[ended] = 0
 
 
 @torch.inference_mode()
@@ -58,54 +70,18 @@ def run_episodes(
         raise ValueError(f"evaluation mode must be 'stateful' or 'window', got {mode!r}")
     if episodes <= 0 or num_envs <= 0:
         raise ValueError(f"episodes and num_envs must be positive, got {episodes}, {num_envs}")
-    device = torch.device(device)
     was_training = model.training
     model.eval()
     n = min(num_envs, episodes)
-    quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
-    envs = make_vector_env(spec, n)
-    start_time = time.perf_counter()
+    envs = make_vector_env(spec.env_id, n, env_kwargs=spec.env_kwargs)
     try:
-        obs, _ = envs.reset(seed=vector_env_seeds(seed, n))
-        policy = (
-            _StatefulPolicy(model, n, device)
-            if mode == "stateful"
-            else _WindowPolicy(model, n, context_length, device)
-        )
-        rtg = np.full(n, float(target_return), dtype=np.float32)
-        timesteps = np.zeros(n, dtype=np.int64)
-        starts = np.ones(n, dtype=bool)
-        done_count = np.zeros(n, dtype=np.int64)
-        returns: list[float] = []
-        lengths: list[int] = []
-        env_steps = 0
-        while (done_count < quota).any():
-            action = policy.act(rtg, np.asarray(obs, np.float32).reshape(n, -1), timesteps, starts)
-            obs, reward, terminated, truncated, info = envs.step(action)
-            env_steps += n
-            ended = np.logical_or(terminated, truncated)
-            rtg = rtg - reward.astype(np.float32)  # DT: condition on the return still to collect
-            timesteps = timesteps + 1
-            if ended.any():
-                finished = info["_episode"] & ended
-                for i in np.flatnonzero(finished):
-                    if done_count[i] < quota[i]:
-                        returns.append(float(info["episode"]["r"][i]))
-                        lengths.append(int(info["episode"]["l"][i]))
-                        done_count[i] += 1
-                rtg[ended] = target_return
-                timesteps[ended] = 0
-            starts = ended
+        spec.check_env(envs)
+        actor = DecisionActor(model, n, target_return, mode, context_length, torch.device(device))
+        result = evaluation.run_episodes(envs, actor, episodes, seed)
     finally:
         envs.close()
         model.train(was_training)
-    return {
-        "target_return": float(target_return),
-        "returns": returns,
-        "lengths": lengths,
-        "env_steps": env_steps,
-        "wall_time_s": time.perf_counter() - start_time,
-    }
+    return {"target_return": float(target_return), **result}
 
 
 class _StatefulPolicy:
@@ -190,22 +166,53 @@ def evaluate_model(
 
 
 def summarize(result: dict[str, Any], spec: EnvSpec) -> dict[str, Any]:
-    returns = np.asarray(result["returns"], np.float64)
-    normalized = spec.normalized(returns)
-    return {
-        **result,
-        "episodes": int(len(returns)),
-        "return_mean": float(returns.mean()),
-        "return_std": float(returns.std()),
-        "length_mean": float(np.mean(result["lengths"])),
-        "normalized_scores": None if normalized is None else normalized.tolist(),
-        "normalized_score_mean": None if normalized is None else float(normalized.mean()),
-        "normalized_score_std": None if normalized is None else float(normalized.std()),
+    return evaluation.summarize(result, spec.normalized)
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    target_returns: list[float] | None = None,
+    modes: tuple[Mode, ...] = ("stateful",),
+    episodes: int = 10,
+    num_envs: int = 10,
+    seeds: tuple[int, ...] = (0,),
+    context_length: int | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """A Decision checkpoint, per mode and target return, pooled over the evaluation seeds."""
+    model, meta = load_decision_checkpoint(path, device)
+    spec = env_spec_from_meta(meta)
+    config = meta["config"]
+    targets = target_returns or config["eval"]["target_returns"]
+    k = context_length or config["context_length"]
+    out: dict[str, Any] = {
+        "kind": "decision",
+        "checkpoint": str(path),
+        "step": meta["step"],
+        "dataset": meta.get("dataset"),
+        "dataset_stats": meta.get("dataset_stats"),
+        "env_id": spec.env_id,
+        "modes": {},
+        "num_parameters": model.num_parameters(),
     }
+    for mode in modes:
+        out["modes"][mode] = [
+            evaluation.pool(
+                [run_episodes(model, spec, t, episodes, num_envs, s, mode, k, device) for s in seeds], spec.normalized
+            )
+            for t in targets
+        ]
+    return out
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    text = f"target {summary['target_return']:g}: return {summary['return_mean']:.1f} +- {summary['return_std']:.1f}"
-    if summary["normalized_score_mean"] is not None:
-        text += f", normalized score {summary['normalized_score_mean']:.1f} +- {summary['normalized_score_std']:.1f}"
-    return text + f" ({summary['episodes']} episodes, {summary['wall_time_s']:.1f} s)"
+def aggregate_checkpoints(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Across Decision checkpoints (e.g. seeds of one config): one row per (mode, target return)."""
+    keys = sorted({(m, t["target_return"]) for r in results for m, ts in r["modes"].items() for t in ts})
+    rows = []
+    for mode, target in keys:
+        summaries = [t for r in results for t in r["modes"].get(mode, []) if t["target_return"] == target]
+        rows.append({"mode": mode, "target_return": target, **evaluation.aggregate(summaries)})
+    return rows
+
+
+format_summary = evaluation.format_summary

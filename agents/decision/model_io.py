@@ -17,6 +17,7 @@ import torch
 
 from recurrl.agents.checkpoint import CheckpointError, load_checkpoint, load_weights_strict
 from recurrl.envs.episodes import OfflineDataset
+from recurrl.envs.scores import normalized_score
 from recurrl.policies.decision import DecisionModel
 
 from .config import DecisionConfig
@@ -47,17 +48,10 @@ class EnvSpec:
         )
 
     def normalized(self, returns: np.ndarray) -> np.ndarray | None:
-        if (
-            self.ref_min_score is None
-            or self.ref_max_score is None
-            or self.ref_max_score == self.ref_min_score
-        ):
+        """D4RL-normalized scores of `returns` (envs.scores), or None without reference scores."""
+        if self.ref_min_score is None or self.ref_max_score is None or self.ref_max_score == self.ref_min_score:
             return None
-        return (
-            100.0
-            * (np.asarray(returns, np.float64) - self.ref_min_score)
-            / (self.ref_max_score - self.ref_min_score)
-        )
+        return np.asarray(normalized_score(np.asarray(returns, np.float64), self.ref_min_score, self.ref_max_score))
 
     def check_env(self, env: gym.Env | gym.vector.VectorEnv) -> None:
         """Raise ValueError when the env's spaces differ from the ones the model was trained for."""

@@ -1,20 +1,22 @@
-"""Evaluate a PPO checkpoint: a vector env, `policy.act` every tick, state carried and reset per env."""
+"""Evaluate a PPO checkpoint with the one episode runner (agents.evaluation): `policy.act` every tick,
+state carried and reset per env."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 
+from recurrl.agents import evaluation
 from recurrl.agents.checkpoint import CheckpointError, load_checkpoint, load_weights_strict
 from recurrl.agents.config import from_dict
 from recurrl.agents.ppo.config import PPOConfig
 from recurrl.agents.ppo.normalization import ObsNormalizer
-from recurrl.agents.ppo.ppo import CHECKPOINT_KIND, build_policy, env_actions
-from recurrl.agents.ppo.vec_env import check_finite, make_vector_env
-from recurrl.envs.seeding import vector_env_seeds
+from recurrl.agents.ppo.policy import CHECKPOINT_KIND, build_policy, env_actions
+from recurrl.envs.vector import check_finite, make_vector_env
 from recurrl.policies.actor_critic import ActorCritic, SpaceSpec
 
 
@@ -32,23 +34,35 @@ def load_ppo_checkpoint(
     return policy.to(device).eval(), config, ObsNormalizer.from_dict(meta["obs_norm"])
 
 
-def evaluate_ppo_checkpoint(
-    path: str | Path,
-    episodes: int = 10,
-    seed: int = 0,
-    num_envs: int = 4,
-    device: str = "cpu",
-    deterministic: bool = True,
-    env_id: str | None = None,
-) -> dict[str, Any]:
-    """Run `episodes` full episodes -> {"mean_return", "std_return", "episodes", "returns", "lengths", ...}."""
-    if episodes <= 0 or num_envs <= 0:
-        raise ValueError(f"episodes and num_envs must be positive, got {episodes}, {num_envs}")
-    policy, config, obs_norm = load_ppo_checkpoint(path, device)
-    result = run_episodes(
-        policy, obs_norm, env_id or config.env_id, episodes, seed, num_envs, device, deterministic
-    )
-    return {"kind": CHECKPOINT_KIND, "checkpoint": str(path), "backbone": config.backbone, **result}
+class PPOActor:
+    """A PPO policy as an `agents.evaluation.Actor`: the actor's state carried per env (reset at episode
+    starts), observations normalized by the frozen training statistics."""
+
+    def __init__(
+        self,
+        policy: ActorCritic,
+        obs_norm: ObsNormalizer,
+        envs: gym.vector.VectorEnv,
+        env_id: str,
+        deterministic: bool,
+        device: str | torch.device,
+    ) -> None:
+        self.policy, self.obs_norm, self.deterministic, self.device = policy, obs_norm, deterministic, device
+        self.action_space, self.env_id = envs.single_action_space, env_id
+        self.state = policy.initial_state(envs.num_envs, device)
+        self.ticks = 0
+
+    def act(self, obs: np.ndarray, episode_starts: np.ndarray) -> np.ndarray:
+        check_finite("observation", obs, self.env_id, self.ticks)
+        x = torch.as_tensor(self.obs_norm(obs, update=False), device=self.device)
+        starts = torch.as_tensor(episode_starts, device=self.device)
+        dist, _, self.state = self.policy.act(x, self.state, starts)  # actor only
+        action = self.policy.deterministic_action(dist) if self.deterministic else dist.sample()
+        self.ticks += len(obs)
+        return env_actions(action, self.policy.spec, self.action_space)
+
+    def observe(self, rewards: np.ndarray, ended: np.ndarray) -> None:
+        pass  # the state is reset through episode_starts at the next tick
 
 
 @torch.no_grad()
@@ -63,52 +77,33 @@ def run_episodes(
     deterministic: bool = True,
 ) -> dict[str, Any]:
     """`episodes` full episodes of `policy` in fresh envs, observations normalized by `obs_norm` without
-    updating it -> {"env_id", "deterministic", "seed", "episodes", "mean_return", "std_return", "returns",
-    "lengths"}. Used by `recurrl evaluate` and by the trainer's periodic evaluation (`eval_every`)."""
-    num_envs = min(num_envs, episodes)
-    envs = make_vector_env(env_id, num_envs, "sync")
-    spec = SpaceSpec.from_spaces(envs.single_observation_space, envs.single_action_space)
-    if spec != policy.spec:
-        envs.close()
-        raise ValueError(f"{env_id!r} has spaces {spec}, but the checkpoint was trained on {policy.spec}")
-    returns: list[float] = []
-    lengths: list[int] = []
+    updating it -> agents.evaluation's result schema plus env_id and deterministic. Used by `recurrl
+    evaluate` and by the trainer's periodic evaluation (`eval_every`)."""
+    if episodes <= 0 or num_envs <= 0:
+        raise ValueError(f"episodes and num_envs must be positive, got {episodes}, {num_envs}")
+    envs = make_vector_env(env_id, min(num_envs, episodes), "sync")
     try:
-        obs, _ = envs.reset(seed=vector_env_seeds(seed, num_envs))
-        state = policy.initial_state(num_envs, device)
-        starts = np.ones(num_envs, dtype=bool)
-        running = np.zeros(num_envs)
-        length = np.zeros(num_envs, dtype=np.int64)
-        # Each env slot runs at most its share of episodes, so the set of episodes does not depend on
-        # which envs happen to finish first (unbiased towards short episodes).
-        quota = np.full(num_envs, episodes // num_envs) + (np.arange(num_envs) < episodes % num_envs)
-        while len(returns) < episodes:
-            check_finite("observation", obs, env_id, int(length.sum()))
-            x = torch.as_tensor(obs_norm(obs, update=False), device=device)
-            dist, _, state = policy.act(x, state, torch.as_tensor(starts, device=device))  # actor only
-            action = policy.deterministic_action(dist) if deterministic else dist.sample()
-            obs, reward, terminated, truncated, _ = envs.step(
-                env_actions(action, spec, envs.single_action_space)
-            )
-            running += reward
-            length += 1
-            starts = np.logical_or(terminated, truncated)
-            for i in np.flatnonzero(starts):
-                if quota[i] > 0:
-                    returns.append(float(running[i]))
-                    lengths.append(int(length[i]))
-                    quota[i] -= 1
-            running[starts] = 0.0
-            length[starts] = 0
+        spec = SpaceSpec.from_spaces(envs.single_observation_space, envs.single_action_space)
+        if spec != policy.spec:
+            raise ValueError(f"{env_id!r} has spaces {spec}, but the checkpoint was trained on {policy.spec}")
+        actor = PPOActor(policy, obs_norm, envs, env_id, deterministic, device)
+        result = evaluation.run_episodes(envs, actor, episodes, seed)
     finally:
         envs.close()
-    return {
-        "env_id": env_id,
-        "deterministic": deterministic,
-        "seed": seed,
-        "episodes": len(returns),
-        "mean_return": float(np.mean(returns)),
-        "std_return": float(np.std(returns)),
-        "returns": returns,
-        "lengths": lengths,
-    }
+    return evaluation.summarize({"env_id": env_id, "deterministic": deterministic, **result})
+
+
+def evaluate_ppo_checkpoint(
+    path: str | Path,
+    episodes: int = 10,
+    seeds: tuple[int, ...] = (0,),
+    num_envs: int = 4,
+    device: str = "cpu",
+    deterministic: bool = True,
+    env_id: str | None = None,
+) -> dict[str, Any]:
+    """A PPO checkpoint over `episodes` full episodes per evaluation seed, pooled (one result schema)."""
+    policy, config, obs_norm = load_ppo_checkpoint(path, device)
+    env = env_id or config.env_id
+    runs = [run_episodes(policy, obs_norm, env, episodes, s, num_envs, device, deterministic) for s in seeds]
+    return {"kind": CHECKPOINT_KIND, "checkpoint": str(path), "backbone": config.backbone, **evaluation.pool(runs)}

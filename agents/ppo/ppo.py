@@ -16,7 +16,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor
@@ -37,35 +36,12 @@ from recurrl.agents.devices import fused_optimizer_options
 from recurrl.agents.flat_params import FlatParameters
 from recurrl.agents.ppo.config import PPOConfig
 from recurrl.agents.ppo.normalization import ObsNormalizer, RewardScaler
+from recurrl.agents.ppo.policy import CHECKPOINT_KIND, build_policy, env_actions
 from recurrl.agents.ppo.rollout import RolloutBatch, RolloutBuffer
-from recurrl.agents.ppo.vec_env import check_finite, make_vector_env
 from recurrl.agents.stopping import GracefulStop
-from recurrl.policies.actor_critic import ActorCritic, SpaceSpec
+from recurrl.envs.vector import check_finite, make_vector_env
+from recurrl.policies.actor_critic import SpaceSpec
 from recurrl.policies.backbones.base import State
-
-CHECKPOINT_KIND = "ppo"
-
-
-def build_policy(config: PPOConfig, spec: SpaceSpec) -> ActorCritic:
-    options = dict(config.backbone_options)
-    return ActorCritic(
-        spec,
-        backbone=config.backbone,
-        hidden_dim=config.hidden_dim,
-        num_layers=config.num_layers,
-        shared=config.shared_backbone,
-        head_hidden=config.head_hidden,
-        backbone_options=options,
-        log_std_init=config.log_std_init,
-    )
-
-
-def env_actions(actions: Tensor, spec: SpaceSpec, action_space: gym.Space) -> np.ndarray:
-    """Policy actions -> what the vector env accepts (Gaussian samples are clipped to the Box bounds)."""
-    actions_np = actions.cpu().numpy()
-    if spec.action_kind == "discrete":
-        return actions_np.astype(np.int64)
-    return np.clip(actions_np, action_space.low, action_space.high)
 
 
 class PPOTrainer:
@@ -392,12 +368,12 @@ class PPOTrainer:
         self.evaluations.append(
             {
                 "step": self.global_step,
-                "mean_reward": result["mean_return"],
-                "std_reward": result["std_return"],
+                "mean_reward": result["return_mean"],
+                "std_reward": result["return_std"],
             }
         )
         return {
-            "eval/mean_reward": result["mean_return"],
+            "eval/mean_reward": result["return_mean"],
             "eval/mean_ep_length": float(np.mean(result["lengths"])),
         }
 

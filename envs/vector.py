@@ -1,17 +1,19 @@
-"""Vector envs for PPO: gymnasium Sync/AsyncVectorEnv with same-step autoreset, plus input checks."""
+"""Vector envs: gymnasium Sync/AsyncVectorEnv with same-step autoreset (PPO rollouts and every evaluation), plus input checks."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-import recurrl.envs  # noqa: F401  (registers CartPoleNoVel-v1, PendulumNoVel-v1)
 
-
-def make_vector_env(env_id: str, num_envs: int, vectorization: str = "sync") -> gym.vector.VectorEnv:
-    """`num_envs` copies of `env_id`. Same-step autoreset: when an episode ends, `step` returns the
-    first observation of the next one and puts the last one in `infos["final_obs"]`."""
+def make_vector_env(
+    env_id: str, num_envs: int, vectorization: str = "sync", env_kwargs: dict[str, Any] | None = None
+) -> gym.vector.VectorEnv:
+    """`num_envs` copies of `env_id` (made with `env_kwargs`). Same-step autoreset: when an episode ends,
+    `step` returns the first observation of the next one and puts the last one in `infos["final_obs"]`."""
     if vectorization not in ("sync", "async"):
         raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
     if env_id not in gym.registry:
@@ -21,6 +23,7 @@ def make_vector_env(env_id: str, num_envs: int, vectorization: str = "sync") -> 
         num_envs=num_envs,
         vectorization_mode=vectorization,
         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+        **(env_kwargs or {}),
     )
 
 
