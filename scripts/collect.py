@@ -78,18 +78,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from recurrl.envs.collect import (
-        build_suite,
-        check_new_dataset,
-        collect_policy,
-        compress_minari_dataset,
-        datasets_path,
-        format_summary,
-        suite_dataset_id,
-        summarize_collection,
-        write_minari,
-    )
+    from recurrl.envs.minari_writer import check_new_dataset, datasets_path, format_summary, record_dataset
+    from recurrl.envs.record import collect_policy
     from recurrl.envs.scores import D4RL_REF_SCORES, d4rl_task_name
+    from recurrl.envs.suites import build_suite, suite_dataset_id
 
     # Batches of a few observations: one thread is faster than two fighting the env loop for cores.
     torch.set_num_threads(args.torch_threads)
@@ -143,24 +135,18 @@ def run(args: argparse.Namespace) -> int:
         task = d4rl_task_name(args.env)
         ref_min, ref_max = D4RL_REF_SCORES[task] if task else (None, None)
         recipe = args.policy + (f" + N(0, {args.noise}^2) action noise" if args.noise else "")
-        path = write_minari(
+        summary = record_dataset(
             collection,
             dataset_id,
-            algorithm_name=recipe,
+            recipe=recipe,
             description=f"{args.env} recorded by `recurrl collect` with {recipe} (seed {args.seed}, "
             f"{args.num_envs} envs)." + (" Reference scores are D4RL's." if task else ""),
             ref_min_score=ref_min,
             ref_max_score=ref_max,
             overwrite=args.overwrite,
+            compress=args.compress,
+            export_hdf5=args.export_hdf5,
         )
-        if args.compress:
-            compress_minari_dataset(path)
-        summary = summarize_collection(collection, dataset_id, path)
-        if args.export_hdf5:
-            from recurrl.envs.datasets import export_hdf5
-
-            dataset = collection.to_offline_dataset(dataset_id, ref_min_score=ref_min, ref_max_score=ref_max)
-            summary["hdf5"] = str(export_hdf5(dataset, args.export_hdf5))
         if args.json:
             print(json.dumps(summary, indent=2))
         else:

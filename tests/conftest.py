@@ -46,7 +46,7 @@ def tiny_hopper_dataset_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_pomdp_dataset_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A D4RL-format hdf5 file of 8 CartPoleNoVel-v1 episodes by the noisy scripted expert (needs
     memory: the velocities are not observed). Load with envs.datasets.load_dataset."""
-    from recurrl.envs.collect import collect, make_policy
+    from recurrl.envs.record import collect, make_policy
 
     policy = make_policy("scripted", "CartPoleNoVel-v1", num_envs=4, noise=0.3, seed=0)
     collection = collect("CartPoleNoVel-v1", policy, episodes=8, num_envs=4, seed=0, progress=False)

@@ -16,8 +16,9 @@ from recurrl.envs.behavior import (
     gym_alias,
     load_behavior_policy,
 )
-from recurrl.envs.collect import build_suite, collect, collect_policy, make_policy
 from recurrl.envs.datasets import load_dataset
+from recurrl.envs.record import collect, collect_policy, make_policy
+from recurrl.envs.suites import build_suite
 from recurrl.scripts.cli import main
 
 needs_zoo = pytest.mark.skipif(
@@ -120,7 +121,7 @@ def test_cli_collect_then_dataset_info(
 
     # the same id again is refused, before anything is recorded, unless --overwrite
     with monkeypatch.context() as patch:
-        patch.setattr("recurrl.envs.collect.collect_policy", lambda *a, **k: pytest.fail("recorded before refusing"))
+        patch.setattr("recurrl.envs.record.collect_policy", lambda *a, **k: pytest.fail("recorded before refusing"))
         assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
@@ -196,7 +197,7 @@ def test_d4rl_suite_tiers(minari_path: Path, tmp_path: Path, monkeypatch: pytest
 
     # Building a tier again is refused before any recording starts (it would be lost at the write).
     recorded = []
-    monkeypatch.setattr("recurrl.envs.collect.collect_segments", lambda *a, **k: recorded.append(a))
+    monkeypatch.setattr("recurrl.envs.suites.collect_segments", lambda *a, **k: recorded.append(a))
     with pytest.raises(ValueError, match="already exists"):
         build_suite("Hopper-v5", steps=3000, tiers=("expert",), log=lambda _: None)
     assert recorded == []

@@ -8,7 +8,6 @@ import h5py
 import numpy as np
 import pytest
 
-from recurrl.envs.collect import collect, make_policy, write_minari
 from recurrl.envs.datasets import (
     EMBEDDED_HOPPER_MEDIUM,
     dataset_summary,
@@ -16,6 +15,8 @@ from recurrl.envs.datasets import (
     load_dataset,
 )
 from recurrl.envs.episodes import OfflineDataset
+from recurrl.envs.minari_writer import write_minari
+from recurrl.envs.record import collect, make_policy
 from recurrl.envs.scores import d4rl_reference_scores, normalized_score
 
 
@@ -231,7 +232,7 @@ def test_missing_dataset_names_what_was_looked_for_and_both_ways_to_get_it(minar
 def test_large_minari_datasets_are_cached_flat(
     minari_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import recurrl.envs.datasets as datasets_module
+    import recurrl.envs.minari_dir as datasets_module
 
     monkeypatch.setenv("RECURRL_DATASET_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(datasets_module, "CACHE_MIN_EPISODES", 2)
