@@ -21,6 +21,7 @@ _API = {
     "BACKBONES": "recurrl.policies.backbones",
     "Backbone": "recurrl.policies.backbones",
     "DecisionModel": "recurrl.policies.decision",
+    "DecisionModelConfig": "recurrl.policies.decision",
     "load_dataset": "recurrl.envs.datasets",
     "OfflineDataset": "recurrl.envs.episodes",
     "DecisionConfig": "recurrl.agents.decision.config",

@@ -21,6 +21,7 @@ continuous actions are mapped from the action space's bounds to [-1, 1] (the tan
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -41,32 +42,41 @@ from .backbones.registry import make_backbone
 TokenLayout = Literal["triple", "fused"]
 
 
-class DecisionModel(nn.Module):
-    """(return-to-go, state, action) sequences -> actions, on any backbone.
+@dataclass
+class DecisionModelConfig:
+    """What a DecisionModel is built from (saved as JSON beside the weights: `model_kwargs`).
 
     `discrete=True` means a `Discrete(act_dim)` action space: actions are integer indices and the head
     gives logits; otherwise actions are `[act_dim]` vectors and the head is tanh-squashed.
     """
 
-    def __init__(
-        self,
-        state_dim: int,
-        act_dim: int,
-        discrete: bool = False,
-        backbone_name: str = "mingru",
-        hidden_dim: int = 128,
-        num_layers: int = 3,
-        backbone_options: dict[str, Any] | None = None,
-        tokens: TokenLayout = "triple",
-        previous_actions: bool = True,
-        max_timestep: int = 1000,
-        return_scale: float = 1000.0,
-        dropout: float = 0.1,
-        obs_mean: np.ndarray | Tensor | None = None,
-        obs_std: np.ndarray | Tensor | None = None,
-        action_low: np.ndarray | Tensor | None = None,
-        action_high: np.ndarray | Tensor | None = None,
-    ) -> None:
+    state_dim: int
+    act_dim: int
+    discrete: bool = False
+    backbone_name: str = "mingru"
+    hidden_dim: int = 128
+    num_layers: int = 3
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    tokens: TokenLayout = "triple"
+    previous_actions: bool = True  # fused tokens only: embed a_{t-1} into the token at t
+    max_timestep: int = 1000  # size of the timestep embedding (longer episodes reuse the last one)
+    return_scale: float = 1000.0  # returns-to-go are divided by this
+    dropout: float = 0.1  # on the token embeddings
+    # dataset statistics: observation mean/std [state_dim], continuous action bounds [act_dim]
+    obs_mean: np.ndarray | Tensor | None = None
+    obs_std: np.ndarray | Tensor | None = None
+    action_low: np.ndarray | Tensor | None = None
+    action_high: np.ndarray | Tensor | None = None
+
+
+class DecisionModel(nn.Module):
+    """(return-to-go, state, action) sequences -> actions, on any backbone (see DecisionModelConfig)."""
+
+    def __init__(self, config: DecisionModelConfig) -> None:
+        c = config
+        state_dim, act_dim, discrete, tokens = c.state_dim, c.act_dim, c.discrete, c.tokens
+        previous_actions, max_timestep, return_scale = c.previous_actions, c.max_timestep, c.return_scale
+        hidden_dim, num_layers, backbone_name = c.hidden_dim, c.num_layers, c.backbone_name
         super().__init__()
         if state_dim <= 0 or act_dim <= 0:
             raise ValueError(
@@ -91,10 +101,10 @@ class DecisionModel(nn.Module):
         self.hidden_dim = hidden_dim
 
         # Normalization statistics: buffers, so they are saved with the weights and follow .to(device).
-        self.register_buffer("obs_mean", _vector(obs_mean, state_dim, 0.0))
-        self.register_buffer("obs_std", _vector(obs_std, state_dim, 1.0).clamp_min(1e-6))
+        self.register_buffer("obs_mean", _vector(c.obs_mean, state_dim, 0.0))
+        self.register_buffer("obs_std", _vector(c.obs_std, state_dim, 1.0).clamp_min(1e-6))
         if not discrete:
-            low, high = _vector(action_low, act_dim, -1.0), _vector(action_high, act_dim, 1.0)
+            low, high = _vector(c.action_low, act_dim, -1.0), _vector(c.action_high, act_dim, 1.0)
             if not (torch.isfinite(low).all() and torch.isfinite(high).all() and (high > low).all()):
                 raise ValueError("DecisionModel: continuous actions need finite bounds with high > low")
             self.register_buffer("action_low", low)
@@ -109,10 +119,8 @@ class DecisionModel(nn.Module):
                 nn.Embedding(act_dim + 1, hidden_dim) if discrete else nn.Linear(act_dim, hidden_dim)
             )
         self.embed_ln = nn.LayerNorm(hidden_dim)
-        self.embed_dropout = nn.Dropout(dropout)
-        self.backbone = make_backbone(
-            backbone_name, hidden_dim, hidden_dim, num_layers, **(backbone_options or {})
-        )
+        self.embed_dropout = nn.Dropout(c.dropout)
+        self.backbone = make_backbone(backbone_name, hidden_dim, hidden_dim, num_layers, **c.backbone_options)
         self.backbone_name = backbone_name
         self.head = nn.Linear(hidden_dim, act_dim)
         # GPT-style init for the embeddings and head; the backbone keeps its own init.

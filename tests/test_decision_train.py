@@ -22,7 +22,7 @@ from recurrl.agents.decision.evaluation import run_episodes
 from recurrl.agents.decision.model_io import EnvSpec, load_decision_checkpoint
 from recurrl.agents.decision.trainer import DecisionTrainer, TrainingDiverged, lr_factor
 from recurrl.envs.episodes import Episode, OfflineDataset
-from recurrl.policies.decision import DecisionModel
+from recurrl.policies.decision import DecisionModel, DecisionModelConfig
 
 
 def collect(env_id: str, episodes: int, env_kwargs: dict | None = None, seed: int = 0) -> OfflineDataset:
@@ -326,7 +326,7 @@ def test_unknown_config_key_is_an_error() -> None:
 def test_evaluate_rejects_env_with_other_spaces(pendulum: OfflineDataset) -> None:
     spec = EnvSpec.from_dataset(pendulum)
     spec.env_id = "MountainCarContinuous-v0"
-    model = DecisionModel(3, 1, backbone_name="gru", hidden_dim=8, num_layers=1)
+    model = DecisionModel(DecisionModelConfig(3, 1, backbone_name="gru", hidden_dim=8, num_layers=1))
     with pytest.raises(ValueError, match="does not match"):
         run_episodes(model, spec, 0.0, episodes=1, num_envs=1)
 

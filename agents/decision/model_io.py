@@ -18,7 +18,7 @@ import torch
 from recurrl.agents.checkpoint import CheckpointError, load_checkpoint, load_weights_strict
 from recurrl.envs.episodes import OfflineDataset
 from recurrl.envs.scores import normalized_score
-from recurrl.policies.decision import DecisionModel
+from recurrl.policies.decision import DecisionModel, DecisionModelConfig
 
 from .config import DecisionConfig
 
@@ -161,7 +161,7 @@ def build_model(kwargs: dict[str, Any]) -> DecisionModel:
         if args.get(key) is not None:
             args[key] = np.asarray(args[key], np.float32)
     try:
-        return DecisionModel(**args)
+        return DecisionModel(DecisionModelConfig(**args))
     except TypeError as error:
         raise CheckpointError(f"cannot build the Decision model from {sorted(kwargs)}: {error}") from error
 
