@@ -39,7 +39,11 @@ def run(args: argparse.Namespace) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark options (read by agents.decision.benchmark)."""
-    parser.add_argument("what", choices=["train", "tick", "eval"])
+    parser.add_argument(
+        "what",
+        choices=["train", "tick", "eval", "d3rlpy"],
+        help="d3rlpy: our DT-Transformer against d3rlpy's at DT's settings (needs d3rlpy installed)",
+    )
     parser.add_argument(
         "checkpoint", nargs="?", help="eval: a trained checkpoint (realistic episode lengths)"
     )

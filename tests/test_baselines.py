@@ -361,3 +361,21 @@ def test_bf16_autocast_on_cpu_runs_and_stays_finite(name, options):
     assert all(torch.isfinite(s.float()).all() for s in state)
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
     model.check_state(state, 3, x.device)  # the state keeps its declared dtypes under autocast
+
+
+@pytest.mark.parametrize("resets", [False, True])
+def test_transformer_fresh_segments_take_the_short_path_with_the_same_result(resets):
+    # A fresh state with T <= max_context (every DT training segment) attends over the T tokens only;
+    # passing the zero state explicitly runs the general windowed path: both must agree, state included.
+    torch.manual_seed(0)
+    model = make_backbone("transformer", D_IN, HIDDEN, 2, max_context=12).double()
+    x = torch.randn(3, 10, D_IN, dtype=torch.float64)
+    starts = torch.zeros(3, 10, dtype=torch.bool)
+    starts[:, 0] = True
+    if resets:
+        starts[0, 4] = starts[2, 7] = True
+    y_fast, state_fast = model(x, None, starts)
+    y_general, state_general = model(x, model.initial_state(3), starts)
+    torch.testing.assert_close(y_fast, y_general)
+    for a, b in zip(state_fast, state_general, strict=True):
+        torch.testing.assert_close(a, b)

@@ -216,8 +216,19 @@ def bench_eval(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def bench_d3rlpy(args: argparse.Namespace) -> dict[str, Any]:
+    """Training steps/s of our DT-Transformer against d3rlpy's at DT's settings (d3rlpy_baseline.py)."""
+    try:
+        import d3rlpy  # noqa: F401
+    except ImportError as error:
+        raise ValueError(f"bench-decision d3rlpy needs d3rlpy ({error}); see agents/decision/d3rlpy_baseline.py") from error
+    from .d3rlpy_baseline import bench_vs_d3rlpy
+
+    return bench_vs_d3rlpy(args.dataset, args.steps, args.rounds)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    result = {"train": bench_train, "tick": bench_tick, "eval": bench_eval}[args.what](args)
+    result = {"train": bench_train, "tick": bench_tick, "eval": bench_eval, "d3rlpy": bench_d3rlpy}[args.what](args)
     out = {"benchmark": args.what, "threads": torch.get_num_threads(), **result}
     print(json.dumps(out, indent=2))
     return out

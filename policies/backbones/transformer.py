@@ -150,6 +150,8 @@ class TransformerBackbone(Backbone):
     def _forward(self, x: Tensor, state: State | None, episode_starts: Tensor | None) -> tuple[Tensor, State]:
         # x: [B, T, D_in] -> y [B, T, H]; state (keys [B, L, C, H], values [B, L, C, H], count [B])
         batch, length, _ = x.shape
+        if state is None and length <= self.max_context and self.positions == "none":
+            return self._forward_fresh(x, episode_starts)
         if state is None:
             state = self.initial_state(batch, x.device)
         cache_k, cache_v, count = state
@@ -211,6 +213,41 @@ class TransformerBackbone(Backbone):
             h = self._mlp_residual(block, h, attn[:, :length])
         new_count = tail_valid.sum(dim=1)
         return self.ln_f(h), (torch.stack(new_k, dim=1), torch.stack(new_v, dim=1), new_count)
+
+    def _forward_fresh(self, x: Tensor, episode_starts: Tensor | None) -> tuple[Tensor, State]:
+        """`_forward` from a fresh state on at most `max_context` tokens (every training segment of DT):
+        plain causal attention over the T tokens, no empty cache slots or window chunks to attend past.
+        The result equals the general path's; it only skips the keys that path masks out."""
+        # x: [B, T, D_in] -> y [B, T, H]; state (keys [B, L, C, H], values [B, L, C, H], count [B])
+        batch, length, _ = x.shape
+        mask, segment = None, None
+        if episode_starts is not None and bool(episode_starts[:, 1:].any()):
+            segment = episode_starts.long().cumsum(dim=1)  # [B, T]: attention stays inside an episode
+            causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+            mask = (causal & (segment.unsqueeze(-1) == segment.unsqueeze(-2))).unsqueeze(1)  # [B, 1, T, T]
+        # The next cache holds the last C tokens, right-aligned, kept if in the last token's episode.
+        cache_len, tail = self.cache_len, min(length, self.cache_len)
+        keep = x.new_ones(batch, tail, 1) if segment is None else (segment[:, -tail:] == segment[:, -1:]).unsqueeze(-1)
+        h = self.input_proj(x)  # [B, T, H]
+        new_k, new_v = [], []
+        for block in self.blocks:
+            q, k, v = block.qkv(block.ln_1(h)).chunk(3, dim=-1)  # [B, T, H] each
+            for cache, t in ((new_k, k), (new_v, v)):
+                slots = t.new_zeros(batch, cache_len, self.hidden_dim)
+                slots[:, cache_len - tail :] = t[:, -tail:] * keep.to(t.dtype)
+                cache.append(slots)
+            attn = F.scaled_dot_product_attention(
+                self._heads(q),
+                self._heads(k),
+                self._heads(v),
+                attn_mask=mask,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=mask is None,
+            )  # [B, heads, T, d]
+            h = self._mlp_residual(block, h, attn.transpose(1, 2).reshape(h.shape))
+        count = keep.reshape(batch, tail).sum(dim=1).long() if tail else x.new_zeros(batch, dtype=torch.long)
+        dtype = self.input_proj.weight.dtype
+        return self.ln_f(h), (torch.stack(new_k, dim=1).to(dtype), torch.stack(new_v, dim=1).to(dtype), count)
 
     # ----------------------------------------------------------------- one tick
     def _step(self, x: Tensor, state: State) -> tuple[Tensor, State]:

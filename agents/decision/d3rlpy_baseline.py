@@ -1,0 +1,126 @@
+"""Our DT-Transformer against d3rlpy's Decision Transformer: training steps/s at DT's settings, side by side.
+
+Both train on the same dataset in one process, one thread, interleaved rounds (medians): width 128,
+3 layers, 1 head, triple tokens, batch 64, K=20, dropout 0.1 on embeddings, attention and residuals,
+AdamW with weight decay 1e-4 and gradient clipping 0.25. A step is what each library's own training
+loop does per optimizer step: ours `DecisionTrainer.train_step()` (sample + forward + backward + AdamW),
+d3rlpy's `sample_trajectory_batch` + `update` (the body of its `fit`).
+
+d3rlpy is not a dependency (it pins gymnasium 1.0): install it for this benchmark only, e.g.
+    pip install --no-deps d3rlpy==2.8.1 gym structlog colorama dataclasses-json marshmallow \
+        typing-inspect mypy-extensions gym-notices cloudpickle scikit-learn click
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import DecisionConfig
+
+DT_WIDTH, DT_LAYERS, DT_BATCH, DT_K, DT_DROPOUT = 128, 3, 64, 20, 0.1
+
+
+def our_trainer(dataset: Any, runs_dir: str, dropout: float = DT_DROPOUT):
+    from .trainer import DecisionTrainer
+
+    config = DecisionConfig(dataset=dataset.name, context_length=DT_K, batch_size=DT_BATCH, lr=1e-4)
+    config.runs_dir, config.run_name, config.eval.every, config.num_threads = runs_dir, "ours", 0, 1
+    config.eval.target_returns = [3600.0]
+    m = config.model
+    m.backbone, m.hidden_dim, m.num_layers, m.tokens, m.dropout = "transformer", DT_WIDTH, DT_LAYERS, "triple", dropout
+    m.backbone_options = {"dropout": dropout, "n_heads": 1}
+    return DecisionTrainer(config, dataset, show_progress=False)
+
+
+def d3rlpy_algo(dataset: Any, dropout: float = DT_DROPOUT):
+    """d3rlpy's DT as its reproduction script configures it, on our episodes -> (algo, its replay buffer)."""
+    import d3rlpy
+
+    observations = np.concatenate([e.observations for e in dataset.episodes])
+    actions = np.concatenate([e.actions for e in dataset.episodes])
+    rewards = np.concatenate([e.rewards for e in dataset.episodes])
+    terminals = np.concatenate([e.terminations for e in dataset.episodes]).astype(np.float32)
+    timeouts = np.concatenate([e.truncations for e in dataset.episodes]).astype(np.float32)
+    ends = np.cumsum([len(e.rewards) for e in dataset.episodes]) - 1
+    timeouts[ends] = np.maximum(timeouts[ends], 1.0 - terminals[ends])  # d3rlpy cuts episodes at these
+    replay = d3rlpy.dataset.MDPDataset(observations, actions, rewards, terminals, timeouts)
+    algo = d3rlpy.algos.DecisionTransformerConfig(
+        batch_size=DT_BATCH,
+        context_size=DT_K,
+        learning_rate=1e-4,
+        encoder_factory=d3rlpy.models.VectorEncoderFactory([DT_WIDTH], exclude_last_activation=True),
+        optim_factory=d3rlpy.optimizers.AdamWFactory(weight_decay=1e-4, clip_grad_norm=0.25),
+        observation_scaler=d3rlpy.preprocessing.StandardObservationScaler(),
+        reward_scaler=d3rlpy.preprocessing.MultiplyRewardScaler(1e-3),
+        num_heads=1,
+        num_layers=DT_LAYERS,
+        max_timestep=1000,
+        attn_dropout=dropout,
+        resid_dropout=dropout,
+        embed_dropout=dropout,
+    ).create(device="cpu:0")
+    # One short fit builds the network and fits the scalers the way d3rlpy's own loop does.
+    algo.fit(replay, n_steps=2, n_steps_per_epoch=2, show_progress=False, save_interval=10**9,
+             logger_adapter=d3rlpy.logging.NoopAdapterFactory())  # fmt: skip
+    return algo, replay
+
+
+def bench_vs_d3rlpy(dataset_id: str, steps: int, rounds: int, dropout: float = DT_DROPOUT) -> dict[str, Any]:
+    from .trainer import load_training_dataset
+
+    torch.set_num_threads(1)
+    dataset = load_training_dataset(dataset_id)
+    runs_dir = tempfile.mkdtemp(prefix="recurrl-d3rlpy-")
+    try:
+        ours = our_trainer(dataset, runs_dir, dropout)
+        algo, replay = d3rlpy_algo(dataset, dropout)
+
+        def ours_round() -> None:
+            for _ in range(steps):
+                ours.train_step()
+
+        def theirs_round() -> None:
+            for _ in range(steps):
+                algo.update(replay.sample_trajectory_batch(DT_BATCH, length=DT_K))
+
+        sides = {"recurrl": ours_round, "d3rlpy": theirs_round}
+        for run in sides.values():  # warm-up
+            run()
+        speeds: dict[str, list[float]] = {name: [] for name in sides}
+        for _ in range(rounds):
+            for name, run in sides.items():
+                start = time.perf_counter()
+                run()
+                speeds[name].append(steps / (time.perf_counter() - start))
+        ratios = [a / b for a, b in zip(speeds["recurrl"], speeds["d3rlpy"], strict=True)]
+        return {
+            "setup": {"width": DT_WIDTH, "layers": DT_LAYERS, "batch": DT_BATCH, "K": DT_K, "dropout": dropout,
+                      "tokens": "triple", "threads": 1, "steps_per_round": steps, "rounds": rounds},  # fmt: skip
+            "parameters": {"recurrl": ours.model.num_parameters(),
+                           "d3rlpy": sum(p.numel() for p in algo.impl.modules.transformer.parameters())},  # fmt: skip
+            "steps_per_sec_median": {name: statistics.median(v) for name, v in speeds.items()},
+            "rounds": speeds,
+            "recurrl_over_d3rlpy_median_ratio": statistics.median(ratios),
+        }
+    finally:
+        shutil.rmtree(runs_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dataset", default="recurrl/hopper/medium-v0")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--dropout", type=float, default=DT_DROPOUT)
+    args = parser.parse_args()
+    print(json.dumps(bench_vs_d3rlpy(args.dataset, args.steps, args.rounds, args.dropout), indent=2))
