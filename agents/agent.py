@@ -1,13 +1,15 @@
 """Trained agents in your own loop: `recurrl.load(checkpoint)` -> an agent with Stable-Baselines3's `predict`.
 
-    agent = recurrl.load("runs/dt-mingru")           # a run directory means its checkpoints/last
+    agent = recurrl.load("runs/<name>")      # a run directory means its checkpoints/last
     env = agent.make_env()
     obs, _ = env.reset(seed=0)
     state, reward, start = None, 0.0, True
-    while True:
+    for _ in range(1000):
         action, state = agent.predict(obs, state, episode_start=start, reward=reward)
         obs, reward, terminated, truncated, _ = env.step(action)
-        start = terminated or truncated              # then reset the env, keep the state: it forgets
+        start = terminated or truncated
+        if start:
+            obs, _ = env.reset()              # keep the state: episode_start=True makes it forget
 
 `predict(obs, state=None, episode_start=None, deterministic=True, reward=None) -> (action, state)`:
 `obs` is one observation or a batch `[B, ...]` (one row per env); `state` is carried by the caller
