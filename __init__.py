@@ -30,6 +30,7 @@ _API = {
     "PPOTrainer": "recurrl.agents.ppo.ppo",
     "train_ppo": "recurrl.agents.ppo.ppo",
     "load_config": "recurrl.agents.config",
+    "load": "recurrl.agents.agent",
 }
 
 __all__ = ["__version__", *_API]

@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # subcommand modules, in the order `recurrl --help` lists them
-COMMANDS = ["train", "evaluate", "compare", "probe", "train_ppo", "dataset", "collect", "bench", "bench_decision"]
+COMMANDS = ["train", "evaluate", "compare", "probe", "train_ppo", "dataset", "collect", "bench", "bench_decision", "export", "plot"]
 
 
 def build_parser() -> argparse.ArgumentParser:
