@@ -22,7 +22,8 @@ from tiny_agents import (
 import recurrl
 from recurrl.agents.agent import DecisionAgent, PPOAgent
 from recurrl.agents.checkpoint import CheckpointError, save_checkpoint
-from recurrl.agents.decision.evaluation import make_vector_env, run_episodes
+from recurrl.agents.decision.evaluation import run_episodes
+from recurrl.envs.vector import make_vector_env
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +56,7 @@ def test_decision_predict_loop_matches_evaluator_episode_by_episode(
     assert single_env_returns(agent, 3, seed=5) == ref["returns"]
     # Batched: 3 envs, 5 episodes (quotas 2, 2, 1), in the order the evaluator records them.
     ref = run_episodes(agent.model, agent.spec, 3600.0, episodes=5, num_envs=3, seed=2)
-    assert vector_env_returns(agent, make_vector_env(agent.spec, 3), 5, seed=2) == ref["returns"]
+    assert vector_env_returns(agent, make_vector_env(agent.spec.env_id, 3, env_kwargs=agent.spec.env_kwargs), 5, seed=2) == ref["returns"]
 
 
 def test_discrete_decision_agent_and_sampling(tmp_path: Path, tiny_pomdp_dataset_path: Path) -> None:
@@ -127,20 +128,19 @@ def test_ppo_predict_loop_and_sb3_evaluate_policy_match_the_evaluator(ppo_run: P
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from recurrl.agents.ppo.evaluation import evaluate_ppo_checkpoint
-    from recurrl.agents.ppo.vec_env import make_vector_env as ppo_vector_env
     from recurrl.envs.seeding import vector_env_seeds
 
     agent = recurrl.load(ppo_run)
     assert isinstance(agent, PPOAgent)
     ckpt = str(ppo_run / "checkpoints/last")
-    ref = evaluate_ppo_checkpoint(ckpt, episodes=4, seed=3, num_envs=1)["returns"]
+    ref = evaluate_ppo_checkpoint(ckpt, episodes=4, seeds=(3,), num_envs=1)["returns"]
     assert single_env_returns(agent, 4, seed=3) == ref
     venv = DummyVecEnv([lambda: Monitor(agent.make_env())])
     venv.seed(vector_env_seeds(3, 1)[0])
     rewards, _ = evaluate_policy(agent, venv, n_eval_episodes=4, return_episode_rewards=True)
     assert rewards == ref
-    ref = evaluate_ppo_checkpoint(ckpt, episodes=5, seed=1, num_envs=3)["returns"]
-    assert vector_env_returns(agent, ppo_vector_env("CartPoleNoVel-v1", 3), 5, seed=1) == ref
+    ref = evaluate_ppo_checkpoint(ckpt, episodes=5, seeds=(1,), num_envs=3)["returns"]
+    assert vector_env_returns(agent, make_vector_env("CartPoleNoVel-v1", 3), 5, seed=1) == ref
 
 
 def test_continuous_ppo_actions_are_clipped_and_separate_critic_state_carried(tmp_path: Path) -> None:
@@ -183,6 +183,6 @@ def test_cli_trained_checkpoints_predict_as_recurrl_evaluate(
         assert main([*evaluate, "--seeds", str(seed), "--output", str(out)]) == 0
         result = json.loads(out.read_text())["checkpoints"][0]
         returns = (
-            result["modes"]["stateful"][0]["returns"] if run == "dt" else result["results"][0]["returns"]
+            result["modes"]["stateful"][0]["returns"] if run == "dt" else result["returns"]
         )
         assert single_env_returns(recurrl.load(tmp_path / run), 3, seed=seed) == returns
