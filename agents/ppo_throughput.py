@@ -10,6 +10,7 @@ ratios of medians. Optionally also sb3-contrib RecurrentPPO with our adapter (Mi
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -34,6 +35,8 @@ MINRNN_OPTIONS = {"backbone_options.mlp_ratio": 0}
 
 
 def _ours(config: PPOConfig) -> tuple[float, float]:
+    # A directory per repeat: a run never reuses another's (agents/run_dir.py).
+    config = dataclasses.replace(config, run_dir=tempfile.mkdtemp(prefix="ours-", dir=config.run_dir))
     trainer = PPOTrainer(config)
     wall, cpu = time.perf_counter(), time.process_time()
     trainer.train()

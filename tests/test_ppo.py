@@ -277,7 +277,8 @@ def test_periodic_evaluation_logs_and_leaves_training_unchanged(tmp_path, scalar
     (weights_a, meta_a, _), (weights_b, meta_b, _) = (
         load_checkpoint(tmp_path / run / "checkpoints/last") for run in ("run", "plain/run")
     )
-    assert meta_a["history"] == meta_b["history"] and meta_a["episode_returns"] == meta_b["episode_returns"]
+    state_a, state_b = meta_a["train_state"], meta_b["train_state"]
+    assert state_a["history"] == state_b["history"] and state_a["episode_returns"] == state_b["episode_returns"]
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
 

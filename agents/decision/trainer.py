@@ -8,8 +8,10 @@ Run layout (`runs/<run_name>/`):
                            time/steps_per_sec
     results.json           final evaluation of the last and the best checkpoint
 
-`resume` restores model, optimizer, scheduler, RNG, sampler and step, so N straight steps and N/2 +
-resume + N/2 give the same weights.
+The directory, its lock, checkpoints, resume, progress, TensorBoard, stopping and results.json are the
+run loop's (agents/run_loop.py); this file says what one training step and an evaluation are. `resume`
+restores model, optimizer, scheduler, RNG, sampler and step, so N straight steps and N/2 + resume + N/2
+give the same weights.
 
 With `ema_decay > 0` the checkpoints' model weights are the moving average (what evaluation and
 deployment use); the raw training weights travel in train.safetensors under `train_model/`.
@@ -21,31 +23,18 @@ import copy
 import dataclasses
 import math
 import random
-import shutil
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from recurrl.agents.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    load_optimizer_state,
-    load_weights_strict,
-    optimizer_state,
-    resumable_summary_writer,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    write_json_atomic,
-)
-from recurrl.agents.config import from_dict, save_config, to_dict
+from recurrl.agents.checkpoint import CheckpointError, load_weights_strict, read_meta
+from recurrl.agents.config import to_dict
 from recurrl.agents.devices import fused_optimizer_options, resolve_device
-from recurrl.agents.stopping import GracefulStop
+from recurrl.agents.run_dir import jsonable, timestamped
+from recurrl.agents.run_loop import Run, RunSpec, Snapshot
 from recurrl.envs.episodes import OfflineDataset
 from recurrl.envs.scores import default_target_return
 from recurrl.policies.decision import DecisionModel, action_loss
@@ -55,24 +44,16 @@ from .data import SegmentSampler
 from .evaluation import evaluate_model, format_summary
 from .model_io import KIND, EnvSpec, build_model, model_kwargs
 
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
 # Keys that may differ between the original run and `--resume` (everything else must match).
-RESUMABLE_CHANGES = {
-    "steps",
-    "log_every",
-    "checkpoint_every",
-    "eval",
-    "device",
-    "num_threads",
-    "runs_dir",
-    "run_name",
-}
+RESUMABLE_CHANGES = frozenset(
+    {"steps", "log_every", "checkpoint_every", "eval", "device", "num_threads", "runs_dir", "run_name"}
+)
 
 
 TRAIN_MODEL = "train_model/"  # prefix of the raw weights in train.safetensors when an EMA is kept
-
-
-class TrainingDiverged(ValueError):
-    """The loss became NaN or infinite."""
 
 
 def seed_everything(seed: int) -> None:
@@ -83,7 +64,7 @@ def seed_everything(seed: int) -> None:
 
 def default_run_name(config: DecisionConfig) -> str:
     data = config.dataset.rstrip("/").replace("/", "-").replace(".", "_")
-    return f"{data}-{config.model.backbone}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return timestamped(f"{data}-{config.model.backbone}-s{config.seed}")
 
 
 def load_training_dataset(source: str) -> OfflineDataset:
@@ -104,17 +85,33 @@ class DecisionTrainer:
     ) -> None:
         config.validate()
         self.config = config
-        self.show_progress = show_progress
         self.device = resolve_device(config.device)
         if config.num_threads > 0:
             torch.set_num_threads(config.num_threads)
         self.run_dir = Path(config.runs_dir) / (config.run_name or default_run_name(config))
         self.ckpt_dir = self.run_dir / "checkpoints"
-        if not resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
-            raise ValueError(
-                f"run directory {str(self.run_dir)!r} already exists; pass --resume {self.run_dir} to continue it "
-                "or choose another --run-name"
-            )
+        spec = RunSpec(
+            kind=KIND,
+            command="recurrl train",
+            fresh_name="--run-name NAME",
+            resumable=RESUMABLE_CHANGES,
+            total_steps=config.steps,
+            checkpoint_every=config.checkpoint_every,
+            log_every=config.log_every,
+            progress=show_progress,
+            postfix={"loss": "train/loss"},
+            diverged_hint="try a lower lr or a stronger grad_clip",
+        )
+        self.run = Run(self.run_dir, config, spec, resume)
+        try:
+            self._build(dataset)
+            self.run.resume(self)
+        except BaseException:
+            self.run.abandon()
+            raise
+
+    def _build(self, dataset: OfflineDataset | None) -> None:
+        config = self.config
         seed_everything(config.seed)
         self.dataset = dataset if dataset is not None else load_training_dataset(config.dataset)
         self.env_spec = EnvSpec.from_dataset(self.dataset)
@@ -138,11 +135,6 @@ class DecisionTrainer:
         self.best_score = -math.inf
         self.best_step: int | None = None
         self.history: list[dict[str, Any]] = []
-        if resume:
-            self._restore(self.ckpt_dir / "last")
-        else:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, self.run_dir / "config.json")
         self.amp = config.amp and self.device.type == "cuda"
 
     # ------------------------------------------------------------------ setup helpers
@@ -187,11 +179,11 @@ class DecisionTrainer:
             env.close()
 
     # ------------------------------------------------------------------ checkpoints
-    def _meta(self) -> dict[str, Any]:
-        return {
-            "kind": KIND,
-            "step": self.step,
-            "config": to_dict(self.config),
+    def snapshot(self) -> Snapshot:
+        raw = {}
+        if self.ema is not None:
+            raw = {TRAIN_MODEL + k: v for k, v in self.model.state_dict().items()}
+        meta = {
             "model_kwargs": self.model_kwargs,
             "env": dataclasses.asdict(self.env_spec),
             "dataset": self.dataset.name,
@@ -200,70 +192,36 @@ class DecisionTrainer:
             "best_score": self.best_score if math.isfinite(self.best_score) else None,
             "best_step": self.best_step,
         }
-
-    def save(self, name: str = "last") -> Path:
-        opt_tensors, opt_plain = optimizer_state(self.optimizer)
-        rng_tensors, rng_plain = rng_state()
-        raw_tensors = {}
-        if self.ema is not None:
-            raw_tensors = {TRAIN_MODEL + k: v for k, v in self.model.state_dict().items()}
-        meta = self._meta()
-        meta["train"] = {
-            "optimizer": opt_plain,
+        state = {
             "scheduler": self.scheduler.state_dict(),
-            "rng": rng_plain,
             "sampler": self.sampler.state_dict(),
             "history": self.history,
         }
-        return save_checkpoint(
-            self.ckpt_dir / name,
-            self.policy.state_dict(),
-            meta,
-            train_tensors={**opt_tensors, **rng_tensors, **raw_tensors},
-        )
+        return Snapshot(self.policy.state_dict(), meta, state, raw)
 
-    def _restore(self, path: Path) -> None:
-        if not (path / "meta.json").is_file():
-            raise ValueError(
-                f"cannot resume: {str(path)!r} has no checkpoint (was the run ever checkpointed?)"
-            )
-        tensors, meta, train = load_checkpoint(path, with_train_state=True)
-        if meta.get("kind") != KIND:
-            raise CheckpointError(f"{path}: a {meta.get('kind')!r} checkpoint cannot resume a Decision run")
-        saved = from_dict(DecisionConfig, meta["config"])
-        self._check_same_run(saved)
-        if meta["model_kwargs"] != _jsonable(self.model_kwargs):
+    def save(self, name: str = "last") -> Path:
+        return self.run.save(self, name)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        meta, state = snapshot.meta, snapshot.state
+        if meta["model_kwargs"] != jsonable(self.model_kwargs):
             raise CheckpointError(
-                f"{path}: checkpoint was made for another model or dataset (model arguments or normalization "
-                "statistics differ); resume with the run's own config and dataset"
+                f"{snapshot.source}: checkpoint was made for another model or dataset (model arguments or "
+                "normalization statistics differ); resume with the run's own config and dataset"
             )
-        load_weights_strict(self.policy, tensors, str(path))
-        if train is None or "train" not in meta:
-            raise CheckpointError(f"{path}: no optimizer/RNG state, so the run cannot be resumed exactly")
+        load_weights_strict(self.policy, snapshot.policy, snapshot.source)
         if self.ema is not None:
-            raw = {k[len(TRAIN_MODEL) :]: v for k, v in train.items() if k.startswith(TRAIN_MODEL)}
-            load_weights_strict(self.model, raw, f"{path} (raw training weights)")
-        load_optimizer_state(self.optimizer, train, meta["train"]["optimizer"])
-        self.scheduler.load_state_dict(meta["train"]["scheduler"])
-        set_rng_state(train, meta["train"]["rng"])
-        self.sampler.load_state_dict(meta["train"]["sampler"])
-        self.history = list(meta["train"].get("history", []))
-        self.step = int(meta["step"])
+            raw = {k[len(TRAIN_MODEL) :]: v for k, v in snapshot.tensors.items() if k.startswith(TRAIN_MODEL)}
+            load_weights_strict(self.model, raw, f"{snapshot.source} (raw training weights)")
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.history = list(state["history"])
         self.best_score = -math.inf if meta.get("best_score") is None else float(meta["best_score"])
         self.best_step = meta.get("best_step")
 
-    def _check_same_run(self, saved: DecisionConfig) -> None:
-        old, new = to_dict(saved), to_dict(self.config)
-        changed = sorted(k for k in old if k not in RESUMABLE_CHANGES and old[k] != new.get(k))
-        if changed:
-            details = ", ".join(f"{k}: {old[k]!r} -> {new.get(k)!r}" for k in changed)
-            raise ValueError(
-                f"cannot resume {str(self.run_dir)!r} with a different config ({details}); only "
-                f"{', '.join(sorted(RESUMABLE_CHANGES))} may change on resume"
-            )
-
     # ------------------------------------------------------------------ training
     def train_step(self) -> float:
+        """One optimizer step; its loss (the run loop stops on a non-finite one, saving nothing)."""
         batch = self.sampler.sample(self.config.batch_size).to(self.device)
         model = self.model
         model.train()
@@ -271,11 +229,6 @@ class DecisionTrainer:
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             pred, _ = model(batch.returns_to_go, batch.states, targets, batch.timesteps, batch.episode_starts)
         loss = action_loss(model, pred.float(), targets, batch.loss_mask)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"training diverged: loss is {loss.item()} at step {self.step + 1}; the last good checkpoint is "
-                f"{self.ckpt_dir / 'last'} (try a lower lr or stronger grad_clip)"
-            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip > 0:
@@ -327,62 +280,24 @@ class DecisionTrainer:
         """Train to step `until` (default: config.steps). At config.steps, evaluate and write results.
 
         Returns the results (or None when stopped before config.steps). Ctrl-C or SIGTERM finishes the
-        current step, saves `last`, then raises KeyboardInterrupt (see agents/stopping.py).
+        current step, saves `last`, then raises KeyboardInterrupt (see agents/run_loop.py).
         """
-        cfg = self.config
-        until = cfg.steps if until is None else min(until, cfg.steps)
-        writer = resumable_summary_writer(self.run_dir, self.step, flush_secs=30)
-        bar = tqdm(
-            total=cfg.steps, initial=self.step, disable=not self.show_progress, desc="train", unit="step"
-        )
-        last_log_time, last_log_step = time.perf_counter(), self.step
-        losses: list[float] = []
-        try:
-            with GracefulStop() as stop:
-                while self.step < until and stop.requested is None:
-                    losses.append(self.train_step())
-                    bar.update(1)
-                    if self.step % cfg.log_every == 0 or self.step == until:
-                        now = time.perf_counter()
-                        speed = (self.step - last_log_step) / max(now - last_log_time, 1e-9)
-                        mean_loss = float(np.mean(losses))
-                        writer.add_scalar("train/loss", mean_loss, self.step)
-                        writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
-                        writer.add_scalar("time/steps_per_sec", speed, self.step)
-                        bar.set_postfix(loss=f"{mean_loss:.4f}", sps=f"{speed:.1f}")
-                        losses.clear()
-                        last_log_time, last_log_step = time.perf_counter(), self.step
-                    if cfg.eval.every and self.step % cfg.eval.every == 0:
-                        self._periodic_eval(writer)
-                        last_log_time = time.perf_counter()  # evaluation time is not training time
-                    if self.step % cfg.checkpoint_every == 0 and self.step != until:
-                        self.save("last")
-                self.save("last")
-            if stop.requested is not None and self.step < until:
-                bar.close()
-                print(
-                    f"stopped at step {self.step}; checkpoint saved. Continue with: --resume {self.run_dir}"
-                )
-                raise KeyboardInterrupt
-        finally:
-            bar.close()
-            writer.flush()
-        try:
-            if self.step < cfg.steps:
-                return None
-            return self.finish(writer)
-        finally:
-            writer.close()
+        return self.run.train(self, until)
 
-    def _periodic_eval(self, writer: SummaryWriter) -> None:
-        # Other env seeds than the final evaluation's, so picking the best checkpoint does not bias it.
+    def train_iteration(self) -> dict[str, float]:
+        loss = self.train_step()
+        return {"train/loss": loss, "train/lr": self.scheduler.get_last_lr()[0]}
+
+    def periodic_evaluation(self) -> dict[str, float]:
+        """Every eval.every steps: evaluate, keep the best checkpoint. Other env seeds than the final
+        evaluation's, so picking the best checkpoint does not bias it."""
+        every = self.config.eval.every
+        if not every or self.step % every:
+            return {}
         result = self.evaluate(
             self.config.eval.episodes_during_training, seed=self.config.eval.seed + 100_000
         )
         first = result["targets"][0]
-        writer.add_scalar("eval/return", first["return_mean"], self.step)
-        if first["normalized_score_mean"] is not None:
-            writer.add_scalar("eval/normalized_score", first["normalized_score_mean"], self.step)
         self.history.append(
             {"step": self.step, "score": result["score"], "return_mean": first["return_mean"]}
         )
@@ -390,16 +305,18 @@ class DecisionTrainer:
             self.best_score, self.best_step = result["score"], self.step
             self.save("best")
         tqdm.write(f"step {self.step}: eval {format_summary(first)}")
+        return _eval_scalars(first)
 
-    def finish(self, writer: SummaryWriter | None = None) -> dict[str, Any]:
-        """Final evaluation of the last and the best checkpoint -> results.json."""
+    def results(self, writer: SummaryWriter) -> dict[str, Any]:
+        """Final evaluation of the last and the best checkpoint (results.json's own part)."""
         from .model_io import load_decision_checkpoint
 
         cfg = self.config
-        best_path = self.ckpt_dir / "best"
-        if not (best_path / "meta.json").is_file():
+        try:
+            read_meta(self.ckpt_dir / "best")
+        except CheckpointError:
             # No periodic evaluation ran: the last checkpoint is the only candidate.
-            shutil.copytree(self.ckpt_dir / "last", best_path)
+            self.run.copy_last_to("best")
             self.best_step = self.step
         results: dict[str, Any] = {
             "kind": KIND,
@@ -419,20 +336,16 @@ class DecisionTrainer:
             results["checkpoints"][name] = result
             for summary in result["targets"]:
                 print(f"[{name} @ step {meta['step']}] {format_summary(summary)}")
-        if writer is not None:
-            first = results["checkpoints"]["last"]["targets"][0]
-            writer.add_scalar("eval/return", first["return_mean"], self.step)
-            if first["normalized_score_mean"] is not None:
-                writer.add_scalar("eval/normalized_score", first["normalized_score_mean"], self.step)
-        write_json_atomic(self.run_dir / "results.json", results)
+        for tag, value in _eval_scalars(results["checkpoints"]["last"]["targets"][0]).items():
+            writer.add_scalar(tag, value, self.step)
         return results
 
 
-def _jsonable(value: Any) -> Any:
-    """What `value` looks like after a JSON round trip (tuples become lists, ...)."""
-    import json
-
-    return json.loads(json.dumps(value))
+def _eval_scalars(summary: dict[str, Any]) -> dict[str, float]:
+    scalars = {"eval/return": summary["return_mean"]}
+    if summary["normalized_score_mean"] is not None:
+        scalars["eval/normalized_score"] = summary["normalized_score_mean"]
+    return scalars
 
 
 def lr_factor(config: DecisionConfig, step: int) -> float:

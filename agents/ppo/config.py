@@ -53,7 +53,7 @@ class PPOConfig:
     # torch.set_num_threads (process-wide); 0 leaves torch's default. One thread is fastest for these
     # small models on CPU: per-tick inference is latency-bound, and extra threads only add sync cost.
     torch_threads: int = 1
-    run_dir: str = "runs/ppo"  # TensorBoard events, checkpoints/last, config.json
+    run_dir: str = "runs/ppo"  # TensorBoard events, checkpoints/last, config.json, results.json (one run)
     checkpoint_every: int = 10  # iterations between checkpoints (the final one is always written)
     # Periodic evaluation (SB3's EvalCallback): every eval_every env steps (0 = off), eval_episodes
     # deterministic episodes in fresh envs, logged as eval/mean_reward and eval/mean_ep_length.
@@ -100,4 +100,5 @@ class PPOConfig:
 
     @property
     def num_iterations(self) -> int:
-        return max(1, self.total_steps // self.batch_size)
+        """Whole iterations for total_steps, rounded up (as SB3 does; the trainer says when it rounds)."""
+        return max(1, -(-self.total_steps // self.batch_size))

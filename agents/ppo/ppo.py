@@ -5,51 +5,82 @@ policy state stored at its start). One loop for every backbone, the MLP control 
 A separate critic does not step during the rollout: its values for the whole rollout come from one
 parallel `critic_forward` after it (forward and step agree), which halves the per-tick model cost.
 
-Logs use Stable-Baselines3's TensorBoard tags so runs overlay SB3 runs.
+Logs use Stable-Baselines3's TensorBoard tags so runs overlay SB3 runs. The run directory, checkpoints,
+resume, progress, TensorBoard, stopping and results.json are the run loop's (agents/run_loop.py).
 """
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from dataclasses import asdict
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from recurrl.agents.checkpoint import (
-    load_checkpoint,
-    load_weights_strict,
-    optimizer_state,
-    resumable_summary_writer,
-    rng_state,
-    save_checkpoint,
-    saved_optimizer_state,
-    set_rng_state,
-    write_json_atomic,
-)
-from recurrl.agents.config import save_config, to_dict
+from recurrl.agents.checkpoint import load_weights_strict
 from recurrl.agents.devices import fused_optimizer_options
 from recurrl.agents.flat_params import FlatParameters
 from recurrl.agents.ppo.config import PPOConfig
 from recurrl.agents.ppo.normalization import ObsNormalizer, RewardScaler
 from recurrl.agents.ppo.policy import CHECKPOINT_KIND, build_policy, env_actions
 from recurrl.agents.ppo.rollout import RolloutBatch, RolloutBuffer
-from recurrl.agents.stopping import GracefulStop
+from recurrl.agents.run_loop import Run, RunSpec, Snapshot, whole_iterations
 from recurrl.envs.vector import check_finite, make_vector_env
 from recurrl.policies.actor_critic import SpaceSpec
 from recurrl.policies.backbones.base import State
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+# Config keys that may differ between the original run and `--resume` (everything else must match).
+RESUMABLE_CHANGES = frozenset(
+    {
+        "total_steps",
+        "checkpoint_every",
+        "eval_every",
+        "eval_episodes",
+        "device",
+        "torch_threads",
+        "vectorization",
+        "run_dir",
+        "progress_bar",
+    }
+)
 
 
 class PPOTrainer:
     def __init__(self, config: PPOConfig, resume: bool = False) -> None:
         config.validate()
         self.config = config
-        self.run_dir = Path(config.run_dir)
-        self.checkpoint_dir = self.run_dir / "checkpoints" / "last"
+        what = f"num_envs {config.num_envs} x num_steps {config.num_steps}"
+        self.num_iterations = whole_iterations(config.total_steps, config.batch_size, what)
+        spec = RunSpec(
+            kind=CHECKPOINT_KIND,
+            command="recurrl train-ppo",
+            fresh_name="--run-dir DIR",
+            resumable=RESUMABLE_CHANGES,
+            total_steps=self.num_iterations * config.batch_size,
+            steps_per_iteration=config.batch_size,
+            checkpoint_every=config.checkpoint_every,
+            progress=config.progress_bar,
+            desc=f"ppo-{config.backbone} {config.env_id}",
+            speed_tag="time/fps",
+            postfix={"ep_rew_mean": "rollout/ep_rew_mean"},
+            diverged_hint="try a lower learning_rate or max_grad_norm",
+        )
+        self.run = Run(config.run_dir, config, spec, resume)
+        self.run_dir = self.run.dir.path
+        self.checkpoint_dir = self.run.last
+        try:
+            self._build()
+        except BaseException:
+            self.run.abandon()
+            raise
+
+    def _build(self) -> None:
+        config = self.config
         if config.torch_threads > 0:
             torch.set_num_threads(config.torch_threads)
         self.device = torch.device(config.device)
@@ -63,9 +94,12 @@ class PPOTrainer:
                 self.envs.single_observation_space, self.envs.single_action_space
             )
             self.policy = build_policy(config, self.spec).to(self.device)
+            self._build_training(config)
         except BaseException:
             self.envs.close()
             raise
+
+    def _build_training(self, config: PPOConfig) -> None:
         # One buffer for all parameters and one for their gradients: the update's optimizer step, grad
         # clipping and zeroing are one op each instead of one per tensor (see agents/flat_params.py).
         self.flat = FlatParameters(self.policy)
@@ -79,14 +113,12 @@ class PPOTrainer:
         self.reward_scaler = RewardScaler(
             config.num_envs, config.gamma, config.normalize_reward, config.clip_reward
         )
-        self.global_step = 0
-        self.iteration = 0
+        self.step = 0  # env steps over all envs
         self.episode_returns: deque[float] = deque(maxlen=100)
         self.episode_lengths: deque[float] = deque(maxlen=100)
         self.history: list[dict[str, float]] = []  # (step, ep_rew_mean) per iteration, for results.json
         self.evaluations: list[dict[str, float]] = []  # (step, mean_reward, std_reward) per eval_every
-        if resume:
-            self._resume()
+        self.run.resume(self)
 
         action_shape = () if self.spec.action_kind == "discrete" else (self.spec.action_dim,)
         self.buffer = RolloutBuffer(
@@ -94,12 +126,22 @@ class PPOTrainer:
         )
         # Per-env running state of the rollout (not checkpointed: a resumed run starts fresh episodes).
         obs, _ = self.envs.reset(seed=config.seed + 10_000 * self.iteration)
-        check_finite("observation", obs, config.env_id, self.global_step)
+        check_finite("observation", obs, config.env_id, self.step)
         self.next_obs = obs
         self.next_starts = np.ones(config.num_envs, dtype=bool)
         self.state: State = self.policy.initial_state(config.num_envs, self.device)
         self.running_return = np.zeros(config.num_envs)
         self.running_length = np.zeros(config.num_envs, dtype=np.int64)
+
+    @property
+    def global_step(self) -> int:
+        """Env steps over all envs (SB3's num_timesteps)."""
+        return self.step
+
+    @property
+    def iteration(self) -> int:
+        """Whole iterations (rollout + update) done."""
+        return self.step // self.config.batch_size
 
     # ----------------------------------------------------------------- rollout
     def _obs_tensor(self, obs: np.ndarray, update: bool) -> Tensor:
@@ -128,11 +170,9 @@ class PPOTrainer:
             next_obs, reward, terminated, truncated, infos = self.envs.step(
                 env_actions(action, self.spec, self.envs.single_action_space)
             )
-            self.global_step += cfg.num_envs
-            check_finite("observation", next_obs, cfg.env_id, self.global_step)
-            check_finite(
-                "reward", np.asarray(reward, dtype=np.float64)[:, None], cfg.env_id, self.global_step
-            )
+            self.step += cfg.num_envs
+            check_finite("observation", next_obs, cfg.env_id, self.step)
+            check_finite("reward", np.asarray(reward, dtype=np.float64)[:, None], cfg.env_id, self.step)
             done = np.logical_or(terminated, truncated)
             self._track_episodes(np.asarray(reward, dtype=np.float64), done)
             buf.rewards[t] = torch.as_tensor(
@@ -144,7 +184,7 @@ class PPOTrainer:
             bootstrap = np.flatnonzero(np.logical_and(truncated, ~np.asarray(terminated)))
             if bootstrap.size:
                 final_obs = np.stack([infos["final_obs"][i] for i in bootstrap])
-                check_finite("final observation", final_obs, cfg.env_id, self.global_step)
+                check_finite("final observation", final_obs, cfg.env_id, self.step)
                 index = torch.as_tensor(bootstrap, device=self.device)
                 final_x = self._obs_tensor(final_obs, update=False)
                 if value is None:
@@ -269,95 +309,60 @@ class PPOTrainer:
 
     # ----------------------------------------------------------------- loop
     def train(self) -> dict[str, Any]:
-        from tqdm import tqdm
-
-        cfg = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.json")
-        writer = resumable_summary_writer(self.run_dir, self.global_step)
-        bar = tqdm(
-            total=cfg.num_iterations * cfg.batch_size,
-            initial=self.global_step,
-            disable=not cfg.progress_bar,
-            unit="step",
-            desc=f"ppo-{cfg.backbone} {cfg.env_id}",
-        )
-        start_time, start_step = time.perf_counter(), self.global_step
-        stop = GracefulStop()
+        """Train to total_steps; the summary (results.json without its history)."""
         try:
-            with stop:
-                while self.iteration < cfg.num_iterations and stop.requested is None:
-                    self.iteration += 1
-                    if cfg.anneal_lr:
-                        frac = 1.0 - (self.iteration - 1) / cfg.num_iterations
-                        self.optimizer.param_groups[0]["lr"] = frac * cfg.learning_rate
-                    self.policy.eval()
-                    self.collect_rollout()
-                    advantages, returns = self.buffer.compute_returns(
-                        self._last_value(), cfg.gamma, cfg.gae_lambda
-                    )
-                    self.policy.train()
-                    logs = self.update(self.buffer.batch(advantages, returns))
-
-                    fps = (self.global_step - start_step) / max(time.perf_counter() - start_time, 1e-9)
-                    logs.update(
-                        {
-                            "time/fps": fps,
-                            "time/iterations": self.iteration,
-                            "time/total_timesteps": self.global_step,
-                        }
-                    )
-                    if self.episode_returns:
-                        logs["rollout/ep_rew_mean"] = float(np.mean(self.episode_returns))
-                        logs["rollout/ep_len_mean"] = float(np.mean(self.episode_lengths))
-                        self.history.append(
-                            {"step": self.global_step, "ep_rew_mean": logs["rollout/ep_rew_mean"]}
-                        )
-                    logs.update(self._maybe_evaluate())
-                    for tag, value in logs.items():
-                        writer.add_scalar(tag, value, self.global_step)
-                    bar.update(cfg.batch_size)
-                    bar.set_postfix(
-                        ep_rew_mean=f"{logs.get('rollout/ep_rew_mean', float('nan')):.1f}", fps=f"{fps:.0f}"
-                    )
-                    if self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.num_iterations:
-                        self.save()
-            stopped = stop.requested is not None and self.iteration < cfg.num_iterations
-            if stopped and self.iteration % cfg.checkpoint_every != 0:
-                self.save()  # the last whole iteration (the periodic checkpoint may be older)
+            results = self.run.train(self)
         finally:
-            bar.close()
-            writer.close()
             self.envs.close()
-        if stopped:
-            print(
-                f"stopped after iteration {self.iteration} ({self.global_step} steps); checkpoint saved in "
-                f"{self.run_dir}. Continue with the same command plus --resume"
-            )
-            raise KeyboardInterrupt
-        wall = time.perf_counter() - start_time
-        summary = {
+        assert results is not None  # the whole budget ran (else KeyboardInterrupt)
+        return {k: v for k, v in results.items() if k != "history"}
+
+    def train_iteration(self) -> dict[str, float]:
+        """One rollout of num_steps ticks in every env, then the PPO update."""
+        cfg = self.config
+        iteration = self.iteration + 1
+        if cfg.anneal_lr:
+            frac = 1.0 - (iteration - 1) / self.num_iterations
+            self.optimizer.param_groups[0]["lr"] = frac * cfg.learning_rate
+        self.policy.eval()
+        self.collect_rollout()
+        advantages, returns = self.buffer.compute_returns(self._last_value(), cfg.gamma, cfg.gae_lambda)
+        self.policy.train()
+        logs = self.update(self.buffer.batch(advantages, returns))
+        logs.update({"time/iterations": iteration, "time/total_timesteps": self.step})
+        if self.episode_returns:
+            logs["rollout/ep_rew_mean"] = float(np.mean(self.episode_returns))
+            logs["rollout/ep_len_mean"] = float(np.mean(self.episode_lengths))
+            self.history.append({"step": self.step, "ep_rew_mean": logs["rollout/ep_rew_mean"]})
+        return logs
+
+    def periodic_evaluation(self) -> dict[str, float]:
+        return self._maybe_evaluate()
+
+    def results(self, writer: SummaryWriter) -> dict[str, Any]:
+        cfg = self.config
+        wall = self.run.session_wall_s()
+        return {
             "env_id": cfg.env_id,
             "backbone": cfg.backbone,
             "seed": cfg.seed,
-            "global_step": self.global_step,
+            "global_step": self.step,
             "ep_rew_mean": float(np.mean(self.episode_returns)) if self.episode_returns else None,
             "best_ep_rew_mean": max((h["ep_rew_mean"] for h in self.history), default=None),
             "evaluations": self.evaluations,
-            "fps": (self.global_step - start_step) / max(wall, 1e-9),
+            "fps": (self.step - self.run.session_start_step) / max(wall, 1e-9),
             "wall_s": wall,
             "checkpoint": str(self.checkpoint_dir),
             "parameters": sum(p.numel() for p in self.policy.parameters()),
+            "history": self.history,
         }
-        write_json_atomic(self.run_dir / "results.json", {**summary, "history": self.history})
-        return summary
 
     def _maybe_evaluate(self) -> dict[str, float]:
         """Every `eval_every` env steps: deterministic episodes in fresh envs (the training envs and the
         policy's rollout state are untouched; no torch RNG is drawn) -> eval/* logs, else {}."""
         cfg = self.config
-        previous = self.global_step - cfg.batch_size
-        if cfg.eval_every <= 0 or self.global_step // cfg.eval_every == previous // cfg.eval_every:
+        previous = self.step - cfg.batch_size
+        if cfg.eval_every <= 0 or self.step // cfg.eval_every == previous // cfg.eval_every:
             return {}
         from .evaluation import run_episodes
 
@@ -367,7 +372,7 @@ class PPOTrainer:
         )
         self.evaluations.append(
             {
-                "step": self.global_step,
+                "step": self.step,
                 "mean_reward": result["return_mean"],
                 "std_reward": result["return_std"],
             }
@@ -378,69 +383,33 @@ class PPOTrainer:
         }
 
     # ----------------------------------------------------------------- checkpoints
-    def save(self) -> Path:
-        optim_tensors, optim_plain = optimizer_state(self.optimizer)
-        rng_tensors, rng_plain = rng_state()
+    def snapshot(self) -> Snapshot:
         meta = {
-            "kind": CHECKPOINT_KIND,
-            "config": to_dict(self.config),
             "spaces": asdict(self.spec),
             "obs_norm": self.obs_norm.to_dict(),
-            "reward_norm": self.reward_scaler.to_dict(),
-            "global_step": self.global_step,
+            "global_step": self.step,
             "iteration": self.iteration,
+        }
+        state = {
+            "shuffle_rng": self.rng.bit_generator.state,
+            "reward_norm": self.reward_scaler.to_dict(),
             "episode_returns": list(self.episode_returns),
             "episode_lengths": list(self.episode_lengths),
             "history": self.history,
             "evaluations": self.evaluations,
-            "train_state": {
-                "optimizer": optim_plain,
-                "rng": rng_plain,
-                "shuffle_rng": self.rng.bit_generator.state,
-            },
         }
-        return save_checkpoint(
-            self.checkpoint_dir, self.policy.state_dict(), meta, {**optim_tensors, **rng_tensors}
-        )
+        return Snapshot(self.policy.state_dict(), meta, state)
 
-    def _resume(self) -> None:
-        if not (self.checkpoint_dir / "meta.json").is_file():
-            raise FileNotFoundError(
-                f"--resume: no checkpoint at {self.checkpoint_dir}; train without --resume first"
-            )
-        model, meta, train = load_checkpoint(self.checkpoint_dir, with_train_state=True)
-        if meta.get("kind") != CHECKPOINT_KIND:
-            raise ValueError(f"{self.checkpoint_dir} is a {meta.get('kind')!r} checkpoint, not a PPO one")
-        saved = meta["config"]
-        for key in (
-            "env_id",
-            "backbone",
-            "hidden_dim",
-            "num_layers",
-            "shared_backbone",
-            "num_envs",
-            "num_steps",
-        ):
-            if saved.get(key) != getattr(self.config, key):
-                raise ValueError(
-                    f"--resume: checkpoint was trained with {key}={saved.get(key)!r} but the config says "
-                    f"{getattr(self.config, key)!r}; use the same settings (or a new run_dir)"
-                )
-        load_weights_strict(self.policy, model, str(self.checkpoint_dir))
-        state = meta["train_state"]
-        saved_optim = saved_optimizer_state(train or {}, state["optimizer"])
-        if len(saved_optim["param_groups"][0]["params"]) != 1:  # written before the flat buffer
-            saved_optim = self.flat.flatten_optimizer_state(saved_optim)
-        self.optimizer.load_state_dict(saved_optim)
-        set_rng_state(train or {}, state["rng"])
+    def restore(self, snapshot: Snapshot) -> None:
+        state = snapshot.state
+        load_weights_strict(self.policy, snapshot.policy, snapshot.source)
         self.rng.bit_generator.state = state["shuffle_rng"]
-        self.obs_norm = ObsNormalizer.from_dict(meta["obs_norm"])
-        self.reward_scaler.load_dict(meta["reward_norm"])
-        self.global_step, self.iteration = int(meta["global_step"]), int(meta["iteration"])
-        self.episode_returns.extend(meta["episode_returns"])
-        self.episode_lengths.extend(meta["episode_lengths"])
-        self.history = list(meta["history"])
-        self.evaluations = list(meta.get("evaluations", []))  # absent in checkpoints written before it
+        self.obs_norm = ObsNormalizer.from_dict(snapshot.meta["obs_norm"])
+        self.reward_scaler.load_dict(state["reward_norm"])
+        self.episode_returns.extend(state["episode_returns"])
+        self.episode_lengths.extend(state["episode_lengths"])
+        self.history = list(state["history"])
+        self.evaluations = list(state["evaluations"])
 
 
 def train_ppo(config: PPOConfig, resume: bool = False) -> dict[str, Any]:

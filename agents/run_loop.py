@@ -1,0 +1,381 @@
+"""The run loop both trainers share (SB3's `common/` idea): one place for the run directory and its lock
+(agents/run_dir.py), the checkpoint schema, the resume rule, the progress bar, TensorBoard, graceful
+stop, the NaN stop, results.json and the final summary.
+
+A trainer (agents/decision/trainer.py, agents/ppo/ppo.py) keeps only what is its own: how to make one
+training iteration, what to evaluate, what its checkpoints hold besides what is common. Its life:
+
+    self.run = Run(run_dir, config, spec, resume)    # lock the directory, find the resume point
+    ... build the model, optimizer, data ...
+    self.run.resume(self)                            # restore the newest complete checkpoint, if any
+    results = self.run.train(self)                   # the loop; results.json; the summary line
+
+Checkpoint schema (meta.json): the trainer's own entries plus "kind", "step" (the steps the budget
+counts: optimizer steps or env steps), "config" and "train_state" (everything an exact resume needs:
+the optimizer, RNG states, the clock and the trainer's own state); tensors in train.safetensors.
+Resume rule: every config key must match the run's, except the trainer's `RunSpec.resumable` keys.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+
+from recurrl.agents.checkpoint import (
+    CheckpointError,
+    copy_checkpoint,
+    load_checkpoint,
+    load_optimizer_state,
+    optimizer_state,
+    read_meta,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_json_atomic,
+)
+from recurrl.agents.config import to_dict
+from recurrl.agents.run_dir import CONFIG, RESULTS, RunDir, jsonable
+from recurrl.agents.stopping import GracefulStop
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+LOSS = "train/loss"  # the scalar the NaN stop watches; averaged over each logging window
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What differs between the trainers' runs, said once by each trainer."""
+
+    kind: str  # the checkpoints' and results' "kind"
+    command: str  # the CLI command, for "continue with: COMMAND --resume RUN_DIR"
+    fresh_name: str  # the option that names another run directory, for the refusal message
+    resumable: frozenset[str]  # config keys that may change on resume; every other key must match
+    total_steps: int  # the budget, a whole number of iterations (see whole_iterations)
+    steps_per_iteration: int = 1  # steps one train_iteration makes
+    checkpoint_every: int = 1  # iterations between checkpoints (one is always written at the end)
+    log_every: int = 1  # iterations between TensorBoard writes
+    progress: bool = True  # the tqdm bar
+    desc: str = "train"  # its label
+    speed_tag: str = "time/steps_per_sec"  # TensorBoard tag of the training speed
+    postfix: dict[str, str] = field(default_factory=dict)  # progress-bar label -> logged tag
+    diverged_hint: str = ""  # what to try when the loss is not finite
+
+
+@dataclass
+class Snapshot:
+    """A trainer's part of a checkpoint (the loop adds the common part), and what `restore` gets back."""
+
+    policy: dict[str, torch.Tensor]  # the weights evaluation and deployment load: model.safetensors
+    meta: dict[str, Any]  # what loading the policy needs: the trainer's own meta.json entries
+    state: dict[str, Any] = field(default_factory=dict)  # its training state (JSON): in "train_state"
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # ... and its tensors
+    source: str = ""  # restore only: the checkpoint's path, for messages
+
+
+class Trainer(Protocol):
+    step: int  # steps done, in the budget's unit
+    optimizer: torch.optim.Optimizer
+
+    def train_iteration(self) -> dict[str, float]:
+        """One whole update (step advances); the scalars to log, including "train/loss"."""
+        ...
+
+    def periodic_evaluation(self) -> dict[str, float]:
+        """Evaluate if one is due at this step (the loop times it as evaluation); scalars to log, or {}."""
+        ...
+
+    def snapshot(self) -> Snapshot: ...
+
+    def restore(self, snapshot: Snapshot) -> None: ...
+
+    def results(self, writer: SummaryWriter) -> dict[str, Any]:
+        """The final evaluation and everything results.json holds of this trainer's own."""
+        ...
+
+
+def whole_iterations(total_steps: int, steps_per_iteration: int, what: str) -> int:
+    """Iterations to run for a budget of `total_steps`: rounded up to whole iterations (as SB3 does),
+    said out loud when that changes the budget. `what` explains the iteration size."""
+    iterations = max(1, math.ceil(total_steps / steps_per_iteration))
+    if iterations * steps_per_iteration != total_steps:
+        print(
+            f"note: total_steps={total_steps:,} is not a whole number of iterations of {steps_per_iteration:,} "
+            f"steps ({what}); running {iterations:,} iterations = {iterations * steps_per_iteration:,} steps",
+            file=sys.stderr,
+        )
+    return iterations
+
+
+def resumable_summary_writer(run_dir: str | Path, step: int, **kwargs: Any) -> SummaryWriter:
+    """A TensorBoard writer for a run that starts, or resumes from a checkpoint, at `step`.
+
+    On resume, TensorBoard drops the events a killed run logged after its last checkpoint, so the
+    resumed run replaces them instead of drawing a second line. Events at the checkpoint's own step
+    were logged before it was saved and stay, hence step + 1.
+    """
+    from torch.utils.tensorboard import SummaryWriter  # imported here: slow, and only training needs it
+
+    return SummaryWriter(str(run_dir), purge_step=step + 1 if step > 0 else None, **kwargs)
+
+
+class Run:
+    """One training run: its locked directory, its checkpoints, its loop."""
+
+    def __init__(self, path: str | Path, config: Any, spec: RunSpec, resume: bool) -> None:
+        self.config, self.spec = config, spec
+        self.dir = RunDir(path, resume, spec.command, spec.fresh_name)
+        self.saved_step: int | None = None  # the step of checkpoints/last, once this process knows it
+        self.clock = {"wall_s": 0.0, "eval_s": 0.0}  # of the sessions before this one (from the checkpoint)
+        self._session_start, self._session_eval, self.session_start_step = time.perf_counter(), 0.0, 0
+        try:
+            self.resume_from = self._resume_point() if resume else None
+        except BaseException:
+            self.dir.close()
+            raise
+
+    @property
+    def last(self) -> Path:
+        return self.dir.checkpoints / "last"
+
+    def abandon(self) -> None:
+        """The trainer failed to build: release the directory (and remove it if nothing was written)."""
+        self.dir.abandon()
+
+    # ------------------------------------------------------------------ resume
+    def _resume_point(self) -> Path | None:
+        """The newest complete checkpoint (last, or best when last is newer-less or broken), after checking
+        its kind and the resume rule; None when the run has none yet (it then starts from step 0)."""
+        candidates, problems = [], []
+        for name in ("last", "best"):
+            path = self.dir.checkpoints / name
+            if path.exists():
+                try:
+                    meta = read_meta(path)
+                except CheckpointError as error:
+                    problems.append(str(error))
+                    continue
+                candidates.append((int(meta.get("step", -1)), name == "last", path, meta))
+        if not candidates and problems:
+            raise CheckpointError(f"cannot resume {self.dir.path}: {problems[0]}")
+        if not candidates:
+            if (self.dir.path / CONFIG).is_file():
+                self._check_config(read_json(self.dir.path / CONFIG), self.dir.path / CONFIG)
+            print(f"note: {self.dir.path} has no checkpoint yet; starting from step 0", file=sys.stderr)
+            return None
+        _, _, path, meta = max(candidates, key=lambda c: c[:2])
+        if meta.get("kind") != self.spec.kind:
+            raise CheckpointError(
+                f"{path} is a {meta.get('kind')!r} checkpoint; it cannot resume a {self.spec.kind} run"
+            )
+        self._check_config(meta.get("config", {}), path)
+        for problem in problems:
+            print(f"note: {problem}; resuming from {path} (step {meta.get('step')})", file=sys.stderr)
+        return path
+
+    def _check_config(self, saved: dict[str, Any], where: Path) -> None:
+        """The resume rule: only the spec's `resumable` keys may differ from the run's saved config."""
+        new = jsonable(to_dict(self.config))
+        changed = sorted(k for k in saved if k not in self.spec.resumable and saved[k] != new.get(k))
+        if changed:
+            details = ", ".join(f"{k}: {saved[k]!r} -> {new.get(k)!r}" for k in changed)
+            raise ValueError(
+                f"cannot resume {str(self.dir.path)!r} with a different config ({details}, saved in {where}); "
+                f"only {', '.join(sorted(self.spec.resumable))} may change on resume"
+            )
+
+    def resume(self, trainer: Trainer) -> None:
+        """Restore `trainer` from the resume point (no-op for a new run): its own state, the optimizer,
+        then the RNG states last (nothing after this may draw from them before training)."""
+        if self.resume_from is None:
+            return
+        tensors, meta, train = load_checkpoint(self.resume_from, with_train_state=True)
+        if train is None or "train_state" not in meta:
+            raise CheckpointError(
+                f"{self.resume_from}: no training state, so the run cannot be resumed exactly"
+            )
+        state = meta["train_state"]
+        trainer.step = int(meta["step"])
+        trainer.restore(Snapshot(tensors, meta, state, train, str(self.resume_from)))
+        load_optimizer_state(trainer.optimizer, train, state["optimizer"])
+        set_rng_state(train, state["rng"])
+        self.clock = dict(state.get("clock", self.clock))
+        self.saved_step = trainer.step if self.resume_from == self.last else None
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, trainer: Trainer, name: str = "last") -> Path:
+        """Checkpoint `trainer` as checkpoints/NAME (crash-safe: agents/checkpoint.py)."""
+        self.dir.acquire()
+        snap = trainer.snapshot()
+        opt_tensors, opt_plain = optimizer_state(trainer.optimizer)
+        rng_tensors, rng_plain = rng_state()
+        train_state = {**snap.state, "optimizer": opt_plain, "rng": rng_plain, "clock": self._clock_now()}
+        meta = {**snap.meta, "kind": self.spec.kind, "step": trainer.step, "config": to_dict(self.config)}
+        meta["train_state"] = train_state
+        tensors = {**opt_tensors, **rng_tensors, **snap.tensors}
+        path = save_checkpoint(self.dir.checkpoints / name, snap.policy, meta, tensors)
+        if name == "last":
+            self.saved_step = trainer.step
+        return path
+
+    def copy_last_to(self, name: str) -> Path:
+        return copy_checkpoint(self.last, self.dir.checkpoints / name)
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, trainer: Trainer, until: int | None = None) -> dict[str, Any] | None:
+        """Train to step `until` (default: the whole budget), then, at the end of the budget, write
+        results.json and print the summary. Returns the results, or None when stopped before the end.
+
+        Ctrl-C or SIGTERM finishes the current iteration, saves `last`, says how to resume, then raises
+        KeyboardInterrupt (see agents/stopping.py). The directory stays locked until this returns.
+        """
+        until = self.spec.total_steps if until is None else min(until, self.spec.total_steps)
+        self.dir.acquire()
+        self._session_start, self._session_eval = time.perf_counter(), 0.0
+        self.session_start_step = trainer.step
+        write_json_atomic(self.dir.path / CONFIG, to_dict(self.config))
+        writer = resumable_summary_writer(self.dir.path, trainer.step, flush_secs=30)
+        try:
+            with GracefulStop() as stop:
+                self._iterate(trainer, writer, until, stop)
+                if self.saved_step != trainer.step:
+                    self.save(trainer)
+            if stop.requested is not None and trainer.step < until:
+                print(
+                    f"{stop.requested}: stopped at step {trainer.step:,}; checkpoint saved in {self.last}. "
+                    f"Continue with: {self.spec.command} --resume {self.dir.path}",
+                    file=sys.stderr,
+                )
+                raise KeyboardInterrupt
+            if trainer.step < self.spec.total_steps:
+                return None
+            return self._finish(trainer, writer)
+        finally:
+            writer.close()
+            self.dir.close()
+
+    def _iterate(self, trainer: Trainer, writer: SummaryWriter, until: int, stop: GracefulStop) -> None:
+        from tqdm.auto import tqdm
+
+        spec = self.spec
+        bar = tqdm(
+            total=spec.total_steps,
+            initial=trainer.step,
+            disable=not spec.progress,
+            desc=spec.desc,
+            unit="step",
+        )
+        window: list[dict[str, float]] = []
+        try:
+            while trainer.step < until and stop.requested is None:
+                logs = trainer.train_iteration()
+                self._check_finite(logs.get(LOSS, 0.0), trainer.step)
+                window.append(logs)
+                bar.update(spec.steps_per_iteration)
+                evaluation_start = time.perf_counter()
+                eval_logs = trainer.periodic_evaluation()
+                self._session_eval += time.perf_counter() - evaluation_start
+                iteration = trainer.step // spec.steps_per_iteration
+                if iteration % spec.log_every == 0 or trainer.step >= until:
+                    self._log(writer, bar, window, trainer.step)
+                    window = []
+                for tag, value in eval_logs.items():
+                    writer.add_scalar(tag, value, trainer.step)
+                if iteration % spec.checkpoint_every == 0:
+                    self.save(trainer)
+        finally:
+            bar.close()
+            writer.flush()
+
+    def _log(self, writer: SummaryWriter, bar: Any, window: list[dict[str, float]], step: int) -> None:
+        """Write a logging window: the loss averaged over it, every other scalar as of its last iteration,
+        and the training speed of this session (steps per second, evaluation excluded)."""
+        scalars = dict(window[-1])
+        if LOSS in scalars:
+            scalars[LOSS] = float(np.mean([logs[LOSS] for logs in window]))
+        train_s = time.perf_counter() - self._session_start - self._session_eval
+        scalars[self.spec.speed_tag] = (step - self.session_start_step) / max(train_s, 1e-9)
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, step)
+        postfix = {label: f"{scalars[tag]:.4g}" for label, tag in self.spec.postfix.items() if tag in scalars}
+        bar.set_postfix(**postfix, sps=f"{scalars[self.spec.speed_tag]:.1f}")
+
+    def _check_finite(self, loss: float, step: int) -> None:
+        """The NaN stop: nothing is saved after a non-finite loss; the last good checkpoint stays."""
+        if math.isfinite(loss):
+            return
+        if self.saved_step is None:
+            where = "no checkpoint was saved in this process yet"
+        else:
+            where = f"the last good checkpoint is {self.last} (step {self.saved_step:,})"
+        raise TrainingDiverged(
+            f"training diverged: loss is {loss} at step {step}; {where} ({self.spec.diverged_hint})"
+        )
+
+    # ------------------------------------------------------------------ the end
+    def _finish(self, trainer: Trainer, writer: SummaryWriter) -> dict[str, Any]:
+        evaluation_start = time.perf_counter()
+        own = trainer.results(writer)
+        self._session_eval += time.perf_counter() - evaluation_start
+        clock = self._clock_now()
+        train_s = max(clock["wall_s"] - clock["eval_s"], 1e-9)
+        results = {
+            "kind": self.spec.kind,
+            "run_dir": str(self.dir.path),
+            "steps": trainer.step,
+            "train_steps_per_s": trainer.step / train_s,
+            "wall_time_s": clock["wall_s"],
+            "eval_time_s": clock["eval_s"],
+            **own,
+        }
+        path = self.dir.path / RESULTS
+        write_json_atomic(path, results)
+        print(
+            f"done: {trainer.step:,} steps, {results['train_steps_per_s']:,.1f} training steps/s (evaluation "
+            f"excluded), wall time {_duration(clock['wall_s'])} ({_duration(clock['eval_s'])} evaluating); "
+            f"results: {path}",
+            file=sys.stderr,
+        )
+        return results
+
+    def _clock_now(self) -> dict[str, float]:
+        """Wall and evaluation seconds of the whole run so far: earlier sessions plus this one."""
+        return {
+            "wall_s": self.clock["wall_s"] + time.perf_counter() - self._session_start,
+            "eval_s": self.clock["eval_s"] + self._session_eval,
+        }
+
+    def session_wall_s(self) -> float:
+        """Seconds since this session's train() began."""
+        return time.perf_counter() - self._session_start
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is corrupt: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is corrupt: it holds a {type(data).__name__}, not an object")
+    return data
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
