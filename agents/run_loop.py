@@ -244,9 +244,10 @@ class Run:
         self.dir.acquire()
         self._session_start, self._session_eval = time.perf_counter(), 0.0
         self.session_start_step = trainer.step
-        write_json_atomic(self.dir.path / CONFIG, to_dict(self.config))
-        writer = resumable_summary_writer(self.dir.path, trainer.step, flush_secs=30)
+        writer = None
         try:
+            write_json_atomic(self.dir.path / CONFIG, to_dict(self.config))
+            writer = resumable_summary_writer(self.dir.path, trainer.step, flush_secs=30)
             with GracefulStop() as stop:
                 self._iterate(trainer, writer, until, stop)
                 if self.saved_step != trainer.step:
@@ -262,7 +263,8 @@ class Run:
                 return None
             return self._finish(trainer, writer)
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
             self.dir.close()
 
     def _iterate(self, trainer: Trainer, writer: SummaryWriter, until: int, stop: GracefulStop) -> None:
