@@ -44,15 +44,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", help="auto | cpu | cuda")
     parser.add_argument("--run-name", help="run directory name under --runs-dir")
     parser.add_argument("--runs-dir", help="where runs go (default: runs)")
+    add_run_options(parser, "runs/<name>, or the run named by --run-name")
+    parser.set_defaults(func=run)
+
+
+def add_run_options(parser: argparse.ArgumentParser, default_dir: str) -> None:
+    """--resume [RUN_DIR] and --no-progress, as every training command spells them."""
     parser.add_argument(
         "--resume",
         nargs="?",
         const="",
         metavar="RUN_DIR",
-        help="continue an interrupted run exactly (runs/<name>, or the run named by --run-name)",
+        help=f"continue an interrupted run exactly from its saved config.json, or extend a finished one "
+        f"(e.g. with more steps); RUN_DIR: {default_dir}. A new run never reuses a directory",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
 
 
 def resolve_config_path(name: str) -> Path:
@@ -93,25 +99,35 @@ def build_config(args: argparse.Namespace):
             flag_overrides.append(f"{key}={value}")
     overrides = flag_overrides + list(args.overrides)
 
-    if args.resume is None:
+    resume_dir = resume_argument(args, overrides)
+    if resume_dir is None:
         paths = [resolve_config_path(p) for p in args.config]
         return load_config(DecisionConfig, paths, overrides), False
 
-    # Resume: the run's saved config (JSON is YAML), plus overrides; the trainer rejects changes that
-    # would make the continuation differ from the original run (model, data, optimizer, ...).
-    if args.resume:
-        run_dir = Path(args.resume)
+    # Resume: the run's saved config, plus overrides; the trainer rejects changes that would make the
+    # continuation differ from the original run (model, data, optimizer, ...).
+    from recurrl.agents.run_dir import resume_config
+
+    if resume_dir:
+        run_dir = Path(resume_dir)
     elif args.run_name:
         run_dir = Path(args.runs_dir or "runs") / args.run_name
     else:
         raise ValueError("--resume needs a run directory (--resume runs/<name>) or --run-name")
     if args.config:
         raise ValueError("--resume uses the run's saved config.json; do not pass --config")
-    saved = run_dir / "config.json"
-    if not saved.is_file():
-        raise ValueError(f"cannot resume: {str(saved)!r} not found; is {str(run_dir)!r} a run directory?")
     location = [f"run_name={run_dir.name}", f"runs_dir={run_dir.parent}"]
-    return load_config(DecisionConfig, [saved], overrides + location), True
+    return resume_config(DecisionConfig, run_dir, overrides + location), True
+
+
+def resume_argument(args: argparse.Namespace, overrides: list[str]) -> str | None:
+    """--resume's run directory ("" when given without one, None when absent). `--resume key=value`
+    is an override after a bare --resume (argparse cannot tell), moved to `overrides`."""
+    value = args.resume
+    if value and "=" in value and not Path(value).exists():
+        overrides.append(value)
+        return ""
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -135,5 +151,4 @@ def run(args: argparse.Namespace) -> int:
                     f"normalized score ({name} checkpoint, step {result['step']}, target {target['target_return']:g}): "
                     f"{target['normalized_score_mean']:.1f} +- {target['normalized_score_std']:.1f}"
                 )
-    print(f"results: {trainer.run_dir / 'results.json'}")
     return 0

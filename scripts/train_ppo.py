@@ -2,7 +2,7 @@
 
 recurrl train-ppo --env CartPoleNoVel-v1 --backbone mingru
 recurrl train-ppo --env PendulumNoVel-v1 --backbone mingru --seed 2 total_steps=500000
-recurrl train-ppo --env CartPoleNoVel-v1 --run-dir runs/ppo/cartpole --resume
+recurrl train-ppo --resume runs/ppo/cartpole total_steps=400000
 recurrl train-ppo --bench-sb3 --total-steps 20000 --repeats 3
 """
 
@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from recurrl.scripts.train import add_run_options, resume_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,10 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", action="append", default=[], help="YAML config file (repeatable)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--total-steps", type=int, help="env steps over all envs")
-    parser.add_argument("--run-dir", help="output directory (TensorBoard, checkpoints/last, results.json)")
+    parser.add_argument(
+        "--run-dir",
+        help="output directory (TensorBoard, checkpoints/last, results.json; default "
+        "runs/ppo/<env>-<backbone>-s<seed>-<time>); a new run never reuses one",
+    )
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda")
-    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_options(parser, "--run-dir's")
     bench = parser.add_argument_group("throughput benchmark")
     bench.add_argument(
         "--bench-sb3",
@@ -63,16 +68,13 @@ def preset_path(env_id: str) -> Path | None:
 
 
 def build_config(args: argparse.Namespace):
+    """The run's config: a new run's from the preset, --config files and overrides; a resumed run's from
+    its saved config.json plus overrides (the trainer refuses changes that would alter the run)."""
     from recurrl.agents.config import load_config
     from recurrl.agents.ppo.config import PPOConfig
 
-    env_id = args.env or "CartPoleNoVel-v1"
-    paths: list[str | Path] = []
-    preset = preset_path(env_id)
-    if preset is not None:
-        paths.append(preset)
-    paths += args.config
     overrides = list(args.overrides)
+    resume_dir = resume_argument(args, overrides)
     flags = {
         "env_id": args.env,
         "backbone": args.backbone,
@@ -84,6 +86,14 @@ def build_config(args: argparse.Namespace):
     overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
     if args.no_progress:
         overrides.append("progress_bar=false")
+    if resume_dir is not None:
+        return _resume_config(args, resume_dir, overrides)
+    env_id = args.env or "CartPoleNoVel-v1"
+    paths: list[str | Path] = []
+    preset = preset_path(env_id)
+    if preset is not None:
+        paths.append(preset)
+    paths += args.config
     config = load_config(PPOConfig, paths, overrides)
     # A preset's backbone_options belong to the preset's backbone (e.g. mlp_ratio for minGRU): another
     # --backbone gets its own defaults, said out loud, unless options are given on the command line.
@@ -97,8 +107,25 @@ def build_config(args: argparse.Namespace):
         )
         config.backbone_options = {}
     if args.run_dir is None and not any(o.startswith("run_dir=") for o in args.overrides):
-        config.run_dir = f"runs/ppo/{config.env_id}-{config.backbone}-s{config.seed}"
+        # A timestamp: running the same command again starts a new run instead of meeting the old one.
+        from recurrl.agents.run_dir import timestamped
+
+        config.run_dir = f"runs/ppo/{timestamped(f'{config.env_id}-{config.backbone}-s{config.seed}')}"
     return config
+
+
+def _resume_config(args: argparse.Namespace, resume_dir: str, overrides: list[str]):
+    from recurrl.agents.ppo.config import PPOConfig
+    from recurrl.agents.run_dir import resume_config
+
+    run_dir = (
+        resume_dir or args.run_dir or next((o[8:] for o in args.overrides if o.startswith("run_dir=")), None)
+    )
+    if not run_dir:
+        raise ValueError("--resume needs a run directory (--resume RUN_DIR, or --run-dir RUN_DIR --resume)")
+    if args.config:
+        raise ValueError("--resume uses the run's saved config.json; do not pass --config")
+    return resume_config(PPOConfig, run_dir, [*overrides, f"run_dir={run_dir}"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,6 +167,6 @@ def run(args: argparse.Namespace) -> int:
     from recurrl.agents.ppo.ppo import train_ppo
 
     config = build_config(args)
-    summary = train_ppo(config, resume=args.resume)
+    summary = train_ppo(config, resume=args.resume is not None)
     print(json.dumps(summary, indent=2))
     return 0

@@ -270,13 +270,31 @@ def test_interrupt_saves_checkpoint_and_resume_rejects_other_config(
         DecisionTrainer(tiny_config(tmp_path, "run"), pendulum, show_progress=False)
 
 
+def test_resume_takes_the_newest_complete_checkpoint_and_results_say_how_fast(
+    tmp_path: Path, pendulum: OfflineDataset, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trainer = DecisionTrainer(tiny_config(tmp_path, "fb"), pendulum, show_progress=False)
+    assert trainer.train(until=4) is None  # eval.every=4: best and last both at step 4
+    weights = tmp_path / "fb/checkpoints/last/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # last broken on disk (not by a save: those are safe)
+    resumed = DecisionTrainer(tiny_config(tmp_path, "fb"), pendulum, resume=True, show_progress=False)
+    assert resumed.step == 4
+    assert "corrupt or truncated (checksum mismatch); resuming from" in capsys.readouterr().err
+    results = resumed.train()
+    assert results is not None and results["checkpoints"]["last"]["step"] == 8
+    assert {"kind", "run_dir", "steps", "train_steps_per_s", "wall_time_s", "eval_time_s"} <= set(results)
+    assert results["train_steps_per_s"] > 0 and results["wall_time_s"] > results["eval_time_s"] > 0
+    assert "done: 8 steps, " in capsys.readouterr().err
+
+
 def test_nan_loss_stops_training_naming_the_step(tmp_path: Path, pendulum: OfflineDataset) -> None:
     trainer = DecisionTrainer(tiny_config(tmp_path, "nan"), pendulum, show_progress=False)
     trainer.train(until=2)
     with torch.no_grad():
         trainer.model.head.weight.fill_(float("nan"))
-    with pytest.raises(TrainingDiverged, match="step 3"):
+    with pytest.raises(TrainingDiverged, match=r"step 3; the last good checkpoint is .*last \(step 2\)"):
         trainer.train()
+    assert json.loads((tmp_path / "nan/checkpoints/last/meta.json").read_text())["step"] == 2
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -286,6 +304,7 @@ def test_dataset_spaces_must_match_the_env(tmp_path: Path, pendulum: OfflineData
     )
     with pytest.raises(ValueError, match="observation space of env 'CartPole-v1'"):
         DecisionTrainer(tiny_config(tmp_path, "wrong"), wrong, show_progress=False)
+    assert not (tmp_path / "wrong").exists()  # a run that fails to build leaves no directory behind
 
 
 def test_corrupt_or_foreign_checkpoints_are_rejected(tmp_path: Path, pendulum: OfflineDataset) -> None:
