@@ -8,7 +8,9 @@ the caller resumes it; the refusal names `--resume` and the option that picks a 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import json
 import os
 import time
 from pathlib import Path
@@ -110,7 +112,8 @@ class RunDir:
             (self.path / LOCK).unlink(missing_ok=True)  # while still locked: see acquire's inode check
             self.close()
             if self._created:
-                self.path.rmdir()
+                with contextlib.suppress(OSError):  # something else appeared meanwhile: leave it
+                    self.path.rmdir()
         self.close()
 
     def _refuse_existing_run(self) -> None:
@@ -153,21 +156,55 @@ def _is_leftover(name: str) -> bool:
     return name.startswith(".") and (".tmp-" in name or ".old-" in name)
 
 
-def resume_config(cls: type[T], run_dir: str | Path, overrides: list[str]) -> T:
-    """The config a run in `run_dir` was started with (its config.json), plus `key=value` overrides."""
+# The command that trains each kind of run, for "this is a PPO run" messages.
+COMMANDS = {"decision": "recurrl train", "ppo": "recurrl train-ppo"}
+
+
+def resume_config(cls: type[T], run_dir: str | Path, overrides: list[str], kind: str) -> T:
+    """The config a run of `kind` in `run_dir` was started with (its config.json), plus `key=value`
+    overrides; a run of another kind is named as such."""
     from recurrl.agents.config import load_config
 
-    saved = Path(run_dir) / CONFIG
+    run_dir = Path(run_dir)
+    saved = run_dir / CONFIG
     if not saved.is_file():
         raise ValueError(
             f"cannot resume: {str(saved)!r} not found; is {str(run_dir)!r} a run directory? (a run killed "
             "before it wrote its config starts again without --resume)"
         )
+    found = _run_kind(run_dir)
+    if found is not None and found != kind:
+        command = COMMANDS.get(found, "the command that trained it")
+        raise ValueError(
+            f"{str(run_dir)!r} is a {found} run, not a {kind} run; resume it with {command} --resume"
+        )
     return load_config(cls, [saved], overrides)  # JSON is YAML
+
+
+def _run_kind(run_dir: Path) -> str | None:
+    """The kind its results or its last checkpoint record (None when neither says)."""
+    for path in (run_dir / RESULTS, run_dir / CHECKPOINTS / "last" / "meta.json"):
+        if path.is_file():
+            try:
+                kind = read_json(path).get("kind")
+            except ValueError:
+                continue
+            if isinstance(kind, str):
+                return kind
+    return None
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`; ValueError naming the file when it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is corrupt: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is corrupt: it holds a {type(data).__name__}, not an object")
+    return data
 
 
 def jsonable(value: Any) -> Any:
     """What `value` looks like after a JSON round trip (tuples become lists, ...)."""
-    import json
-
     return json.loads(json.dumps(value))

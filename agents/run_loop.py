@@ -41,7 +41,7 @@ from recurrl.agents.checkpoint import (
     write_json_atomic,
 )
 from recurrl.agents.config import to_dict
-from recurrl.agents.run_dir import CONFIG, RESULTS, RunDir, jsonable
+from recurrl.agents.run_dir import CONFIG, RESULTS, RunDir, jsonable, read_json
 from recurrl.agents.stopping import GracefulStop
 
 if TYPE_CHECKING:
@@ -155,8 +155,9 @@ class Run:
 
     # ------------------------------------------------------------------ resume
     def _resume_point(self) -> Path | None:
-        """The newest complete checkpoint (last, or best when last is newer-less or broken), after checking
-        its kind and the resume rule; None when the run has none yet (it then starts from step 0)."""
+        """The newest complete checkpoint, `last` or `best` (a complete leftover of an interrupted save
+        is already back in place: RunDir cleans them), after checking its kind and the resume rule. None
+        when the run has none yet: it then starts from step 0."""
         candidates, problems = [], []
         for name in ("last", "best"):
             path = self.dir.checkpoints / name
@@ -249,23 +250,38 @@ class Run:
             write_json_atomic(self.dir.path / CONFIG, to_dict(self.config))
             writer = resumable_summary_writer(self.dir.path, trainer.step, flush_secs=30)
             with GracefulStop() as stop:
-                self._iterate(trainer, writer, until, stop)
+                try:
+                    self._iterate(trainer, writer, until, stop)
+                except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, mid-iteration
+                    self._say_how_to_resume(f"stopped at once; {self._last_good()}")
+                    raise
                 if self.saved_step != trainer.step:
                     self.save(trainer)
             if stop.requested is not None and trainer.step < until:
-                print(
-                    f"{stop.requested}: stopped at step {trainer.step:,}; checkpoint saved in {self.last}. "
-                    f"Continue with: {self.spec.command} --resume {self.dir.path}",
-                    file=sys.stderr,
-                )
+                where = f"stopped at step {trainer.step:,}; checkpoint saved in {self.last}"
+                self._say_how_to_resume(f"{stop.requested}: {where}")
                 raise KeyboardInterrupt
             if trainer.step < self.spec.total_steps:
                 return None
-            return self._finish(trainer, writer)
+            try:
+                return self._finish(trainer, writer)
+            except KeyboardInterrupt:
+                self._say_how_to_resume(
+                    "interrupted in the final evaluation; training is done, and resuming writes the results"
+                )
+                raise
         finally:
             if writer is not None:
                 writer.close()
             self.dir.close()
+
+    def _say_how_to_resume(self, what: str) -> None:
+        print(f"{what}. Continue with: {self.spec.command} --resume {self.dir.path}", file=sys.stderr)
+
+    def _last_good(self) -> str:
+        if self.saved_step is None:
+            return "no checkpoint was saved in this process yet"
+        return f"the last good checkpoint is {self.last} (step {self.saved_step:,})"
 
     def _iterate(self, trainer: Trainer, writer: SummaryWriter, until: int, stop: GracefulStop) -> None:
         from tqdm.auto import tqdm
@@ -317,10 +333,7 @@ class Run:
         """The NaN stop: nothing is saved after a non-finite loss; the last good checkpoint stays."""
         if math.isfinite(loss):
             return
-        if self.saved_step is None:
-            where = "no checkpoint was saved in this process yet"
-        else:
-            where = f"the last good checkpoint is {self.last} (step {self.saved_step:,})"
+        where = self._last_good()
         raise TrainingDiverged(
             f"training diverged: loss is {loss} at step {step}; {where} ({self.spec.diverged_hint})"
         )
@@ -361,18 +374,6 @@ class Run:
     def session_wall_s(self) -> float:
         """Seconds since this session's train() began."""
         return time.perf_counter() - self._session_start
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is corrupt: {error}") from error
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} is corrupt: it holds a {type(data).__name__}, not an object")
-    return data
 
 
 def _duration(seconds: float) -> str:

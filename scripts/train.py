@@ -117,7 +117,7 @@ def build_config(args: argparse.Namespace):
     if args.config:
         raise ValueError("--resume uses the run's saved config.json; do not pass --config")
     location = [f"run_name={run_dir.name}", f"runs_dir={run_dir.parent}"]
-    return resume_config(DecisionConfig, run_dir, overrides + location), True
+    return resume_config(DecisionConfig, run_dir, overrides + location, "decision"), True
 
 
 def resume_argument(args: argparse.Namespace, overrides: list[str]) -> str | None:

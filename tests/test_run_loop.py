@@ -147,6 +147,11 @@ def test_cli_train_ppo_resumes_from_the_saved_config(
     assert json.loads((run_dir / "config.json").read_text())["backbone"] == "mlp"
     assert main(["train-ppo", "--resume", str(run_dir), "--backbone", "gru"]) == 2
     assert "cannot resume" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    assert (
+        "is a ppo run, not a decision run; resume it with recurrl train-ppo --resume"
+        in capsys.readouterr().err
+    )
 
 
 # ----------------------------------------------------------------------------- budget, NaN, results
@@ -207,6 +212,23 @@ def test_sigterm_message_says_how_to_resume(tmp_path: Path, capsys: pytest.Captu
     err = capsys.readouterr().err
     assert f"SIGTERM: stopped at step 32; checkpoint saved in {tmp_path / 'run/checkpoints/last'}" in err
     assert f"Continue with: recurrl train-ppo --resume {tmp_path / 'run'}" in err
+
+
+def test_interrupted_final_evaluation_is_finished_by_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trainer = PPOTrainer(_ppo(tmp_path))
+
+    def interrupted(writer):
+        raise KeyboardInterrupt
+
+    trainer.results = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert "interrupted in the final evaluation; training is done" in capsys.readouterr().err
+    resumed = PPOTrainer(_ppo(tmp_path), resume=True)
+    assert resumed.step == 64 and resumed.train()["global_step"] == 64
+    assert (tmp_path / "run/results.json").is_file()
 
 
 @pytest.mark.slow
