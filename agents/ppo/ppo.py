@@ -23,6 +23,7 @@ from recurrl.agents.checkpoint import load_weights_strict
 from recurrl.agents.devices import fused_optimizer_options
 from recurrl.agents.flat_params import FlatParameters
 from recurrl.agents.ppo.config import PPOConfig
+from recurrl.agents.ppo.evaluation import run_episodes
 from recurrl.agents.ppo.normalization import ObsNormalizer, RewardScaler
 from recurrl.agents.ppo.policy import CHECKPOINT_KIND, build_policy, env_actions
 from recurrl.agents.ppo.rollout import RolloutBatch, RolloutBuffer
@@ -336,9 +337,6 @@ class PPOTrainer:
             self.history.append({"step": self.step, "ep_rew_mean": logs["rollout/ep_rew_mean"]})
         return logs
 
-    def periodic_evaluation(self) -> dict[str, float]:
-        return self._maybe_evaluate()
-
     def results(self, writer: SummaryWriter) -> dict[str, Any]:
         cfg = self.config
         wall = self.run.session_wall_s()
@@ -357,15 +355,13 @@ class PPOTrainer:
             "history": self.history,
         }
 
-    def _maybe_evaluate(self) -> dict[str, float]:
+    def periodic_evaluation(self) -> dict[str, float]:
         """Every `eval_every` env steps: deterministic episodes in fresh envs (the training envs and the
         policy's rollout state are untouched; no torch RNG is drawn) -> eval/* logs, else {}."""
         cfg = self.config
         previous = self.step - cfg.batch_size
         if cfg.eval_every <= 0 or self.step // cfg.eval_every == previous // cfg.eval_every:
             return {}
-        from .evaluation import run_episodes
-
         self.policy.eval()
         result = run_episodes(
             self.policy, self.obs_norm, cfg.env_id, cfg.eval_episodes, cfg.seed + 10_000, 4, self.device
