@@ -57,7 +57,7 @@ class RunDir:
         self._created = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as error:
+        except OSError as error:  # a file where a parent folder should be, no permission, ...
             raise RunDirError(f"cannot create run directory {str(self.path)!r}: {error}") from error
         self.acquire()
         try:

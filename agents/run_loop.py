@@ -208,9 +208,15 @@ class Run:
             )
         state = meta["train_state"]
         trainer.step = int(meta["step"])
-        trainer.restore(Snapshot(tensors, meta, state, train, str(self.resume_from)))
-        load_optimizer_state(trainer.optimizer, train, state["optimizer"])
-        set_rng_state(train, state["rng"])
+        try:
+            trainer.restore(Snapshot(tensors, meta, state, train, str(self.resume_from)))
+            load_optimizer_state(trainer.optimizer, train, state["optimizer"])
+            set_rng_state(train, state["rng"])
+        except KeyError as error:  # a checkpoint from before this schema: evaluate it, do not resume it
+            raise CheckpointError(
+                f"{self.resume_from}: its training state lacks {error}, so the run cannot be resumed exactly "
+                "(the checkpoint can still be evaluated)"
+            ) from error
         self.clock = dict(state.get("clock", self.clock))
         self.saved_step = trainer.step if self.resume_from == self.last else None
 

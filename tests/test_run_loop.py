@@ -78,6 +78,8 @@ def test_an_existing_run_is_refused_naming_resume_and_a_fresh_name(tmp_path: Pat
         _open(tmp_path / "other")
     with pytest.raises(RunDirError, match="is a file; give a directory path"):
         _open(tmp_path / "other/notes.txt")
+    with pytest.raises(RunDirError, match="cannot create run directory"):
+        _open(tmp_path / "other/notes.txt/run")
     with pytest.raises(FileNotFoundError, match="holds no run"):
         _open(tmp_path / "nowhere", resume=True)
     assert not (tmp_path / "nowhere").exists()
@@ -117,6 +119,13 @@ def test_one_resume_rule_lists_what_may_change(tmp_path: Path) -> None:
         PPOTrainer(_ppo(tmp_path, learning_rate=0.01), resume=True)
     resumed = PPOTrainer(_ppo(tmp_path, total_steps=96, eval_every=32, device="cpu"), resume=True)
     assert resumed.step == 64 and resumed.train()["global_step"] == 96
+    # A checkpoint written before this schema (no reward_norm in its training state) is not resumed.
+    meta_path = tmp_path / "run/checkpoints/last/meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["train_state"]["reward_norm"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="lacks 'reward_norm', so the run cannot be resumed exactly"):
+        PPOTrainer(_ppo(tmp_path, total_steps=128), resume=True)
     with pytest.raises(ValueError, match=r"a 'ppo' checkpoint; it cannot resume a decision run"):
         from recurrl.agents.run_loop import Run, RunSpec
 
