@@ -160,9 +160,12 @@ def _is_leftover(name: str) -> bool:
 COMMANDS = {"decision": "recurrl train", "ppo": "recurrl train-ppo"}
 
 
-def resume_config(cls: type[T], run_dir: str | Path, overrides: list[str], kind: str) -> T:
-    """The config a run of `kind` in `run_dir` was started with (its config.json), plus `key=value`
-    overrides; a run of another kind is named as such."""
+def resume_config(
+    cls: type[T], run_dir: str | Path, overrides: list[str], kind: str, files: list[Path] | None = None
+) -> T:
+    """The config a run of `kind` in `run_dir` was started with (its config.json), then YAML `files` and
+    `key=value` overrides (so the command that started a run, plus --resume, resumes it; the resume rule
+    refuses what they would change); a run of another kind is named as such."""
     from recurrl.agents.config import load_config
 
     run_dir = Path(run_dir)
@@ -178,7 +181,7 @@ def resume_config(cls: type[T], run_dir: str | Path, overrides: list[str], kind:
         raise ValueError(
             f"{str(run_dir)!r} is a {found} run, not a {kind} run; resume it with {command} --resume"
         )
-    return load_config(cls, [saved], overrides)  # JSON is YAML
+    return load_config(cls, [saved, *(files or [])], overrides)  # JSON is YAML
 
 
 def _run_kind(run_dir: Path) -> str | None:

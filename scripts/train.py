@@ -104,8 +104,8 @@ def build_config(args: argparse.Namespace):
         paths = [resolve_config_path(p) for p in args.config]
         return load_config(DecisionConfig, paths, overrides), False
 
-    # Resume: the run's saved config, plus overrides; the trainer rejects changes that would make the
-    # continuation differ from the original run (model, data, optimizer, ...).
+    # Resume: the run's saved config, then --config files and overrides; the trainer rejects changes that
+    # would make the continuation differ from the original run (model, data, optimizer, ...).
     from recurrl.agents.run_dir import resume_config
 
     if resume_dir:
@@ -114,10 +114,9 @@ def build_config(args: argparse.Namespace):
         run_dir = Path(args.runs_dir or "runs") / args.run_name
     else:
         raise ValueError("--resume needs a run directory (--resume runs/<name>) or --run-name")
-    if args.config:
-        raise ValueError("--resume uses the run's saved config.json; do not pass --config")
     location = [f"run_name={run_dir.name}", f"runs_dir={run_dir.parent}"]
-    return resume_config(DecisionConfig, run_dir, overrides + location, "decision"), True
+    files = [resolve_config_path(p) for p in args.config]
+    return resume_config(DecisionConfig, run_dir, overrides + location, "decision", files), True
 
 
 def resume_argument(args: argparse.Namespace, overrides: list[str]) -> str | None:

@@ -123,9 +123,8 @@ def _resume_config(args: argparse.Namespace, resume_dir: str, overrides: list[st
     )
     if not run_dir:
         raise ValueError("--resume needs a run directory (--resume RUN_DIR, or --run-dir RUN_DIR --resume)")
-    if args.config:
-        raise ValueError("--resume uses the run's saved config.json; do not pass --config")
-    return resume_config(PPOConfig, run_dir, [*overrides, f"run_dir={run_dir}"], "ppo")
+    files = [Path(p) for p in args.config]
+    return resume_config(PPOConfig, run_dir, [*overrides, f"run_dir={run_dir}"], "ppo", files)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -154,6 +154,16 @@ def test_cli_train_ppo_resumes_from_the_saved_config(
     assert main(["train-ppo", "--run-dir", str(run_dir), "--no-progress", "--resume", "total_steps=96"]) == 0
     assert json.loads(capsys.readouterr().out)["global_step"] == 96
     assert json.loads((run_dir / "config.json").read_text())["backbone"] == "mlp"
+    # The command that started a run, plus --resume, resumes it (what `recurrl compare` does); a --config
+    # file that would change the run is refused like any other change.
+    same, other = tmp_path / "same.yaml", tmp_path / "other.yaml"
+    same.write_text("update_epochs: 1\n")
+    other.write_text("gamma: 0.5\n")
+    started = ["train-ppo", "--backbone", "mlp", "--run-dir", str(run_dir), "--no-progress", "--resume"]
+    assert main([*started, "--config", str(same), "torch_threads=1", "total_steps=128"]) == 0
+    assert json.loads(capsys.readouterr().out)["global_step"] == 128
+    assert main([*started, "--config", str(other)]) == 2
+    assert "gamma: 0.98 -> 0.5" in capsys.readouterr().err
     assert main(["train-ppo", "--resume", str(run_dir), "--backbone", "gru"]) == 2
     assert "cannot resume" in capsys.readouterr().err
     assert main(["train", "--resume", str(run_dir)]) == 2
