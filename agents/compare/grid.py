@@ -8,8 +8,8 @@ Layout of the output folder DIR:
     logs/<cell>.log      the cell's stdout/stderr, every attempt appended
     cells/<cell>.json    written last, atomically: the cell's measured row. Its presence = cell done.
 
-A cell is resumed, not restarted, when its run has a checkpoint; a run killed before its first
-checkpoint is removed and started again (it had less than checkpoint_every steps).
+A cell is resumed, not restarted, when its run directory holds its config.json: the trainer continues
+from the newest complete checkpoint (nothing is deleted; see agents/run_dir.py and agents/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -193,9 +192,9 @@ def run_cell(grid: Grid, cell: Cell) -> dict[str, Any]:
     attempts = json.loads(attempts_file.read_text()) if attempts_file.is_file() else []
     launcher = [sys.executable, "-m", "recurrl"]
     if not (run_dir / "results.json").is_file():
-        resume = (run_dir / "checkpoints" / "last" / "meta.json").is_file()
-        if run_dir.exists() and not resume:
-            shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to resume
+        # A run that wrote its config resumes from its newest complete checkpoint (or from step 0 if it
+        # was killed before the first); a directory without one counts as new for the trainer.
+        resume = (run_dir / "config.json").is_file()
         code, wall, rss = execute(launcher + grid.train_args(cell, resume), log)
         attempts.append({"resumed": resume, "exit_code": code, "wall_time_s": wall, "peak_rss_mib": rss})
         write_json_atomic(attempts_file, attempts)
