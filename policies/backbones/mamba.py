@@ -36,8 +36,12 @@ import torch.nn.functional as F
 from mambapy.mamba import MambaBlock, MambaConfig, ResidualBlock, RMSNorm
 from torch import Tensor, nn
 
-from .base import Backbone, State
-from .kernels.selective_scan import check_backend, conv_silu, selective_scan
+from .base import Backbone, State, compiled_step
+from .kernels.selective_scan import check_backend, conv_silu, resolve_backend, selective_scan
+
+# The compiled step measured faster than the eager one at every batch size up to 256 (1 and 2 threads,
+# H=128, 1 layer; 3-7x at B=1-16); above that the eager step (MKL matmuls) runs, untested against it.
+COMPILED_STEP_MAX_BATCH = 256
 
 
 def _mamba_ssm_available() -> bool:
@@ -48,6 +52,7 @@ class MambaBackbone(Backbone):
     """Stack of residual Mamba blocks. Options: d_state, d_conv, expand, use_cuda_kernels, scan."""
 
     name = "mamba"
+    _cache_attrs = ("_param_device", "_fused_step")
 
     def __init__(
         self,
@@ -70,6 +75,9 @@ class MambaBackbone(Backbone):
         self.d_state = d_state
         self.d_conv = d_conv
         self.use_cuda_kernels = use_cuda_kernels
+        # The compiled step's parameter table (numba_mamba_step.MambaStepWeights), or why it cannot run
+        # (a str); None = not looked at yet. Dropped on a move or a load (see Backbone._forget_caches).
+        self._fused_step: Any = None
         self.input_proj = nn.Linear(input_dim, hidden_dim)
         self.layers = nn.ModuleList([ResidualBlock(self.config) for _ in range(num_layers)])
         self.norm_f = RMSNorm(hidden_dim, self.config.rms_norm_eps)
@@ -187,6 +195,10 @@ class MambaBackbone(Backbone):
     # ----------------------------------------------------------------- one tick
     def _step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         # x: [B, D_in] -> y [B, H]; state (conv [B, L, ED, K-1], ssm [B, L, ED, N])
+        weights = compiled_step(self, x, state, COMPILED_STEP_MAX_BATCH)
+        if weights is not None:
+            y, conv, ssm = weights.step(x, *state)
+            return y, (conv, ssm)
         h = self.input_proj(x)  # [B, H]
         conv_states, ssm_states = [], []
         for i, layer in enumerate(self.layers):
@@ -205,6 +217,16 @@ class MambaBackbone(Backbone):
             conv_states.append(window[:, :, 1:].to(state[0].dtype))
             ssm_states.append(ssm.to(state[1].dtype))
         return self.norm_f(h), (torch.stack(conv_states, dim=1), torch.stack(ssm_states, dim=1))
+
+    def _build_fused_step(self, device: torch.device) -> Any:
+        """numba_mamba_step.MambaStepWeights for this backbone, or a str saying why the step stays eager."""
+        backend = resolve_backend(self.scan, device)
+        if backend != "numba":
+            return f"scan={self.scan!r} resolves to {backend!r} on {device}"
+        from .kernels.numba_mamba_step import MambaStepWeights, unsupported_reason
+
+        reason = unsupported_reason(self)
+        return reason if reason is not None else MambaStepWeights(self)
 
 
 class _NarrowLinear(torch.autograd.Function):
