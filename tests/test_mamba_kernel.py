@@ -292,3 +292,25 @@ def test_foreign_or_wrong_batch_state_is_rejected():
             model(torch.randn(3, 5, 4), state)
         with pytest.raises(ValueError, match="state"):
             model.step(torch.randn(3, 4), state)
+
+
+def test_row_ranges_in_parallel_threads_give_the_serial_results(monkeypatch):
+    """The kernels split the batch over torch's thread count; every split must give the same numbers."""
+    import recurrl.policies.backbones.kernels.numba_rows as numba_rows
+
+    inputs, starts = _scan_inputs(5, 13, 6, 4)
+    conv_in = [torch.randn(5, 13, 6, dtype=torch.float64), torch.randn(5, 3, 6, dtype=torch.float64)]
+    conv_in += [torch.randn(6, 4, dtype=torch.float64), torch.randn(6, dtype=torch.float64)]
+    results = []
+    for threads in (1, 3):
+        monkeypatch.setattr(numba_rows, "MIN_PARALLEL_WORK", 0)
+        torch.set_num_threads(threads)
+        assert len(numba_rows.row_chunks(5, 1)) == threads
+        outputs = _run("numba", inputs, starts)
+        leaves = [t.clone().requires_grad_() for t in conv_in]
+        out = conv_silu(*leaves, starts, "numba")
+        out.sin().sum().backward()
+        results.append([*outputs, out, *(leaf.grad for leaf in leaves)])
+    torch.set_num_threads(1)
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -27,6 +27,8 @@ Compiled on first use per dtype (a few seconds), then cached on disk (numba `cac
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -36,11 +38,14 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 from torch import Tensor
 
+from .numba_rows import row_chunks, run_parallel
+
 # Reassociation lets LLVM vectorize the reductions over E; no nnan/ninf (see the docstring).
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 # error_model="numpy": a float division by zero gives inf/NaN as in torch, not a ZeroDivisionError
 # (Python's model checks every division, which also stops LLVM vectorizing the loop).
-JIT = {"cache": True, "fastmath": FASTMATH, "error_model": "numpy"}
+# nogil: row ranges of a batch run in parallel Python threads (numba_rows.py).
+JIT = {"cache": True, "fastmath": FASTMATH, "error_model": "numpy", "nogil": True}
 # Steps between the states the forward keeps for the backward. The backward's per-chunk buffers,
 # 2 * CHUNK * N * E values (256 KiB at N=16, E=256), stay in the L2 cache.
 CHUNK = 8
@@ -270,7 +275,8 @@ def scan_backward(
 # --------------------------------------------------------------------------- autograd
 class NumbaSelectiveScan(torch.autograd.Function):
     """x, delta [B, T, E]; A [E, N]; B, C [B, T, N]; D [E]; h0 [B, E, N] (one float dtype, fp32 or fp64,
-    CPU); starts [B, T] bool -> (y [B, T, E], h_T [B, E, N]). Callers check shapes (`selective_scan`)."""
+    CPU); starts [B, T] bool -> (y [B, T, E], h_T [B, E, N]). Callers check shapes (`selective_scan`).
+    Row ranges of the batch run in parallel threads (numba_rows.py)."""
 
     @staticmethod
     def forward(
@@ -291,10 +297,14 @@ class NumbaSelectiveScan(torch.autograd.Function):
         rows = batch if any(ctx.needs_input_grad) else 0
         ckpt = xk.new_empty((rows, -(-length // CHUNK), a_t.shape[0], inner))
         y = torch.empty_like(xk)
-        scan_forward(
-            xk.numpy(), deltak.numpy(), a_t.numpy(), bk.numpy(), ck.numpy(), dk.numpy(), h_last.numpy(),
-            startsk.numpy(), y.numpy(), h_last.numpy(), ckpt.numpy(),
-        )  # fmt: skip
+        xn, dn, bn, cn, hn, sn, yn, kn = (t.numpy() for t in (xk, deltak, bk, ck, h_last, startsk, y, ckpt))
+        a_n, d_n = a_t.numpy(), dk.numpy()
+        run_parallel(
+            [
+                partial(scan_forward, xn[r], dn[r], a_n, bn[r], cn[r], d_n, hn[r], sn[r], yn[r], hn[r], kn[r])
+                for r in row_chunks(batch, length * inner * a_t.shape[0])
+            ]
+        )
         # The inputs themselves, not detached copies: a double backward differentiates through them.
         ctx.save_for_backward(x, delta, a, b, c, d, h0, starts, ckpt)
         return y, h_last.transpose(1, 2).contiguous()
@@ -305,18 +315,47 @@ class NumbaSelectiveScan(torch.autograd.Function):
         if torch.is_grad_enabled():
             # create_graph=True (double backward): the kernel's backward is not differentiable, the
             # loop reference's is. Same gradients.
-            return _reference_backward(ctx, (x, delta, a, b, c, d, h0), starts, dy, dh_last)
+            from .selective_scan import selective_scan_loop
+
+            return reference_backward(
+                ctx, selective_scan_loop, (x, delta, a, b, c, d, h0), (starts,), (dy, dh_last)
+            )
         xk, deltak, a_t, bk, ck, dk, startsk = _kernel_layout(x, delta, a, b, c, d, starts)
+        batch, length, inner = xk.shape
+        chunks = row_chunks(batch, length * inner * a_t.shape[0])
         dx, ddelta = torch.empty_like(xk), torch.empty_like(xk)
         db, dc = torch.empty_like(bk), torch.empty_like(ck)
-        da_t, dd = torch.zeros_like(a_t), torch.zeros_like(dk)
+        # Summed over rows: one partial sum per row range, added up after.
+        da_t, dd = a_t.new_zeros((len(chunks), *a_t.shape)), dk.new_zeros((len(chunks), *dk.shape))
         carry = dh_last.transpose(1, 2).contiguous().clone()  # [B, N, E]: d h_T in, d h0 out
-        scan_backward(
-            xk.numpy(), deltak.numpy(), a_t.numpy(), bk.numpy(), ck.numpy(), dk.numpy(), startsk.numpy(),
-            ckpt.numpy(), dy.contiguous().numpy(), dx.numpy(), ddelta.numpy(), da_t.numpy(), db.numpy(),
-            dc.numpy(), dd.numpy(), carry.numpy(),
-        )  # fmt: skip
-        return dx, ddelta, da_t.t(), db, dc, dd, carry.transpose(1, 2), None
+        xn, dn, sn, kn, gn = (t.numpy() for t in (xk, deltak, startsk, ckpt, dy.contiguous()))
+        bn, cn, dxn, ddn, dbn, dcn, hn = (t.numpy() for t in (bk, ck, dx, ddelta, db, dc, carry))
+        a_n, d_n, dan, dd_n = a_t.numpy(), dk.numpy(), da_t.numpy(), dd.numpy()
+        run_parallel(
+            [
+                partial(
+                    scan_backward,
+                    xn[r],
+                    dn[r],
+                    a_n,
+                    bn[r],
+                    cn[r],
+                    d_n,
+                    sn[r],
+                    kn[r],
+                    gn[r],
+                    dxn[r],
+                    ddn[r],
+                    dan[i],
+                    dbn[r],
+                    dcn[r],
+                    dd_n[i],
+                    hn[r],
+                )  # fmt: skip
+                for i, r in enumerate(chunks)
+            ]
+        )
+        return dx, ddelta, da_t.sum(0).t(), db, dc, dd.sum(0), carry.transpose(1, 2), None
 
 
 def _kernel_layout(*tensors: Tensor) -> tuple[Tensor, ...]:
@@ -333,19 +372,22 @@ def _kernel_layout(*tensors: Tensor) -> tuple[Tensor, ...]:
     )
 
 
-def _reference_backward(
-    ctx: Any, inputs: tuple[Tensor, ...], starts: Tensor, dy: Tensor, dh_last: Tensor
+def reference_backward(
+    ctx: Any,
+    reference: Callable[..., Any],
+    inputs: tuple[Tensor, ...],
+    extra: tuple[Tensor, ...],
+    grads: tuple[Tensor, ...],
 ) -> tuple[Tensor | None, ...]:
-    """Gradients by autograd through `selective_scan_loop`, kept differentiable (create_graph)."""
-    from .selective_scan import selective_scan_loop
-
+    """A kernel Function's backward when create_graph=True: gradients by autograd through the torch
+    `reference(*inputs, *extra)` (the same function), kept differentiable. `extra` get no gradient."""
     wanted = [i for i, t in enumerate(inputs) if ctx.needs_input_grad[i]]
     with torch.enable_grad():
-        y, h_last = selective_scan_loop(*inputs, starts)
-        grads = torch.autograd.grad(
-            (y, h_last), [inputs[i] for i in wanted], (dy, dh_last), create_graph=True, allow_unused=True
+        outputs = reference(*inputs, *extra)
+        got = torch.autograd.grad(
+            outputs, [inputs[i] for i in wanted], grads, create_graph=True, allow_unused=True
         )
-    out: list[Tensor | None] = [None] * (len(inputs) + 1)
-    for i, grad in zip(wanted, grads, strict=True):
-        out[i] = grad
-    return tuple(out)
+    result: list[Tensor | None] = [None] * (len(inputs) + len(extra))
+    for i, grad in zip(wanted, got, strict=True):
+        result[i] = grad
+    return tuple(result)

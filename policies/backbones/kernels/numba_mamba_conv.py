@@ -12,6 +12,7 @@ the pre-activation instead of storing it.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,8 @@ import torch
 from numba import njit
 from torch import Tensor
 
-from .numba_mamba import JIT, _sigmoid
+from .numba_mamba import JIT, _sigmoid, reference_backward
+from .numba_rows import row_chunks, run_parallel
 
 
 @njit(**JIT)
@@ -111,29 +113,47 @@ def conv_backward(
 
 class NumbaConvSilu(torch.autograd.Function):
     """xc [B, T, E], state [B, K-1, E], weight [E, K], bias [E] (one float dtype, CPU), starts [B, T] bool
-    -> xs [B, T, E]. Callers check shapes (`selective_scan.conv_silu`)."""
+    -> xs [B, T, E]. Callers check shapes (`selective_scan.conv_silu`). Row ranges run in parallel."""
 
     @staticmethod
     def forward(ctx: Any, xc: Tensor, state: Tensor, weight: Tensor, bias: Tensor, starts: Tensor) -> Tensor:
         xck, statek, w_t, biask, startsk = _kernel_layout(xc, state, weight, bias, starts)
         out = torch.empty(xc.shape, dtype=xc.dtype)
-        conv_forward(xck.numpy(), statek.numpy(), w_t.numpy(), biask.numpy(), startsk.numpy(), out.numpy())
-        ctx.save_for_backward(xc, state, weight, bias, starts)  # not detached: see _reference_backward
+        xn, stn, sn, on = (t.numpy() for t in (xck, statek, startsk, out))
+        w_n, b_n = w_t.numpy(), biask.numpy()
+        batch, length, inner = xc.shape
+        run_parallel(
+            [
+                partial(conv_forward, xn[r], stn[r], w_n, b_n, sn[r], on[r])
+                for r in row_chunks(batch, length * inner * w_t.shape[0])
+            ]
+        )
+        ctx.save_for_backward(xc, state, weight, bias, starts)  # not detached: see reference_backward
         return out
 
     @staticmethod
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
         xc, state, weight, bias, starts = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiate the torch reference instead
-            return _reference_backward(ctx, (xc, state, weight, bias), starts, dout)
+            from .selective_scan import conv_silu_torch
+
+            return reference_backward(ctx, conv_silu_torch, (xc, state, weight, bias), (starts,), (dout,))
         xck, statek, w_t, biask, startsk = _kernel_layout(xc, state, weight, bias, starts)
+        batch, length, inner = xck.shape
+        chunks = row_chunks(batch, length * inner * w_t.shape[0])
         dxc, dstate = torch.zeros_like(xck), torch.zeros_like(statek)
-        dw_t, dbias = torch.zeros_like(w_t), torch.zeros_like(biask)
-        conv_backward(
-            xck.numpy(), statek.numpy(), w_t.numpy(), biask.numpy(), startsk.numpy(),
-            dout.contiguous().numpy(), dxc.numpy(), dstate.numpy(), dw_t.numpy(), dbias.numpy(),
-        )  # fmt: skip
-        return dxc, dstate, dw_t.t(), dbias, None
+        # Summed over rows: one partial sum per row range, added up after.
+        dw_t, dbias = w_t.new_zeros((len(chunks), *w_t.shape)), biask.new_zeros((len(chunks), *biask.shape))
+        xn, stn, sn, gn = (t.numpy() for t in (xck, statek, startsk, dout.contiguous()))
+        dxn, dsn, dwn, dbn = (t.numpy() for t in (dxc, dstate, dw_t, dbias))
+        w_n, b_n = w_t.numpy(), biask.numpy()
+        run_parallel(
+            [
+                partial(conv_backward, xn[r], stn[r], w_n, b_n, sn[r], gn[r], dxn[r], dsn[r], dwn[i], dbn[i])
+                for i, r in enumerate(chunks)
+            ]
+        )
+        return dxc, dstate, dw_t.sum(0).t(), dbias.sum(0), None
 
 
 def _kernel_layout(
@@ -142,21 +162,3 @@ def _kernel_layout(
     """Detached and contiguous, the weight transposed to [K, E] (the inner loop runs over E)."""
     parts = (xc, state, weight.t(), bias, starts)
     return tuple(t.detach().contiguous() for t in parts)
-
-
-def _reference_backward(
-    ctx: Any, inputs: tuple[Tensor, ...], starts: Tensor, dout: Tensor
-) -> tuple[Tensor | None, ...]:
-    """Gradients by autograd through `conv_silu_torch`, kept differentiable (create_graph)."""
-    from .selective_scan import conv_silu_torch
-
-    wanted = [i for i, t in enumerate(inputs) if ctx.needs_input_grad[i]]
-    with torch.enable_grad():
-        out = conv_silu_torch(*inputs, starts)
-        grads = torch.autograd.grad(
-            out, [inputs[i] for i in wanted], dout, create_graph=True, allow_unused=True
-        )
-    result: list[Tensor | None] = [None] * (len(inputs) + 1)
-    for i, grad in zip(wanted, grads, strict=True):
-        result[i] = grad
-    return tuple(result)
