@@ -25,7 +25,7 @@ from recurrl.policies.backbones.kernels.selective_scan import (
 
 pytest.importorskip("numba")
 
-from recurrl.policies.backbones.kernels.numba_mamba import CHUNK, fast_exp  # noqa: E402
+from recurrl.policies.backbones.kernels.numba_mamba import CHUNK, fast_exp, fast_exp2  # noqa: E402
 
 NAMES = ("x", "delta", "A", "B", "C", "D", "h0")
 
@@ -149,6 +149,14 @@ def test_long_sequence_with_large_delta_stays_finite():
     inputs[1] = inputs[1] * torch.logspace(-3, 3, 4096).view(1, -1, 1)  # delta from 1e-3 to 1e3
     outputs = _run("numba", inputs, starts)
     assert all(torch.isfinite(t).all() for t in outputs)
+
+
+def test_fast_exp2_accuracy_and_saturation():
+    v = np.linspace(-126.0, 127.0, 200_001, dtype=np.float32)[::97]
+    got = np.array([fast_exp2(np.float32(x)) for x in v], dtype=np.float64)
+    assert np.max(np.abs(got / np.exp2(v.astype(np.float64)) - 1)) < 1.5e-7
+    low, high, nan = (fast_exp2(np.float32(x)) for x in (-np.inf, np.inf, np.nan))
+    assert 0 < low <= 2.0**-126 * 1.01 and high > 1e38 and np.isnan(nan)
 
 
 def test_fast_exp_accuracy_and_special_values():

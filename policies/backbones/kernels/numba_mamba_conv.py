@@ -52,9 +52,10 @@ def _pre_activation(
 
 @njit(**JIT)
 def conv_forward(
-    xc: np.ndarray, state: np.ndarray, w_t: np.ndarray, bias: np.ndarray, starts: np.ndarray, out: np.ndarray
+    w_t: np.ndarray, bias: np.ndarray, xc: np.ndarray, state: np.ndarray, starts: np.ndarray, out: np.ndarray
 ) -> None:
-    """xc [B, T, E], state [B, K-1, E], w_t = w^T [K, E], bias [E], starts [B, T] -> writes out [B, T, E]."""
+    """w_t = w^T [K, E], bias [E]; then per row: xc [B, T, E], state [B, K-1, E], starts [B, T] -> writes
+    out [B, T, E]."""
     batch, length, inner = xc.shape
     k = w_t.shape[0]
     pre = np.empty(inner, dtype=out.dtype)
@@ -70,10 +71,10 @@ def conv_forward(
 
 @njit(**JIT)
 def conv_backward(
-    xc: np.ndarray,
-    state: np.ndarray,
     w_t: np.ndarray,
     bias: np.ndarray,
+    xc: np.ndarray,
+    state: np.ndarray,
     starts: np.ndarray,
     dout: np.ndarray,
     dxc: np.ndarray,
@@ -119,15 +120,10 @@ class NumbaConvSilu(torch.autograd.Function):
     def forward(ctx: Any, xc: Tensor, state: Tensor, weight: Tensor, bias: Tensor, starts: Tensor) -> Tensor:
         xck, statek, w_t, biask, startsk = _kernel_layout(xc, state, weight, bias, starts)
         out = torch.empty(xc.shape, dtype=xc.dtype)
-        xn, stn, sn, on = (t.numpy() for t in (xck, statek, startsk, out))
-        w_n, b_n = w_t.numpy(), biask.numpy()
-        batch, length, inner = xc.shape
-        run_parallel(
-            [
-                partial(conv_forward, xn[r], stn[r], w_n, b_n, sn[r], on[r])
-                for r in row_chunks(batch, length * inner * w_t.shape[0])
-            ]
-        )
+        per_row = [t.numpy() for t in (xck, statek, startsk, out)]
+        shared = (w_t.numpy(), biask.numpy())
+        chunks = row_chunks(xc.shape[0], xc.shape[1] * xc.shape[2] * w_t.shape[0])
+        run_parallel([partial(conv_forward, *shared, *(t[r] for t in per_row)) for r in chunks])
         ctx.save_for_backward(xc, state, weight, bias, starts)  # not detached: see reference_backward
         return out
 
@@ -144,12 +140,11 @@ class NumbaConvSilu(torch.autograd.Function):
         dxc, dstate = torch.zeros_like(xck), torch.zeros_like(statek)
         # Summed over rows: one partial sum per row range, added up after.
         dw_t, dbias = w_t.new_zeros((len(chunks), *w_t.shape)), biask.new_zeros((len(chunks), *biask.shape))
-        xn, stn, sn, gn = (t.numpy() for t in (xck, statek, startsk, dout.contiguous()))
-        dxn, dsn, dwn, dbn = (t.numpy() for t in (dxc, dstate, dw_t, dbias))
-        w_n, b_n = w_t.numpy(), biask.numpy()
+        per_row = [t.numpy() for t in (xck, statek, startsk, dout.contiguous(), dxc, dstate)]
+        shared, sums = (w_t.numpy(), biask.numpy()), (dw_t.numpy(), dbias.numpy())
         run_parallel(
             [
-                partial(conv_backward, xn[r], stn[r], w_n, b_n, sn[r], gn[r], dxn[r], dsn[r], dwn[i], dbn[i])
+                partial(conv_backward, *shared, *(t[r] for t in per_row), *(t[i] for t in sums))
                 for i, r in enumerate(chunks)
             ]
         )
