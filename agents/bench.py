@@ -16,7 +16,9 @@ Three levels of rows:
   whose achieved memory bandwidth the GPU target is about (36 bytes per element fwd+bwd in fp32).
 - **layer**: ONE recurrent layer, like for like: the minGRU/minLSTM layer per scan backend against
   `torch.nn.LSTM`/`torch.nn.GRU` (and `nn.LSTMCell`/`nn.GRUCell` for `step`). The targets are about these.
-- **backbone**: each full backbone from `make_backbone(name, H, H, num_layers=1)`, plus scan variants.
+- **backbone**: each full backbone from `make_backbone(name, H, H, num_layers=1)`, plus scan variants
+  (minGRU/minLSTM per scan backend; Mamba's compiled kernels "numba" against mambapy's path, for the
+  training step and for the per-tick step).
 
 A row that fails (import error, out of memory, a backbone that rejects the configuration) is
 recorded with its error and the bench goes on. Results go to `bench.json`, `bench.md` and `bench.png`.
@@ -45,6 +47,8 @@ from recurrl.agents import devices
 from recurrl.policies.backbones import BACKBONES, Backbone, make_backbone
 
 SCANS: tuple[str, ...] = ("auto", "loop", "log", "numba", "triton")
+# Mamba's rows: the compiled CPU kernels against mambapy's pure-PyTorch path (the reference).
+MAMBA_SCANS: tuple[str, ...] = ("numba", "mambapy")
 LEVELS: tuple[str, ...] = ("scan", "layer", "backbone")
 MIN_GRU_FAMILY = ("mingru", "minlstm")
 # Classic Decision Transformer (Chen et al. 2021): K=20 timesteps x (return-to-go, state, action) tokens.
@@ -380,10 +384,15 @@ def _backbone_train(
 
 
 def _backbone_step(
-    name: str, batch: int, config: BenchConfig, device: torch.device, num_layers: int = 1
+    name: str,
+    batch: int,
+    config: BenchConfig,
+    device: torch.device,
+    num_layers: int = 1,
+    scan: str | None = None,
 ) -> Maker:
     def make() -> Callable[[], None]:
-        model = _backbone(name, None, config, device, num_layers).eval()
+        model = _backbone(name, scan, config, device, num_layers).eval()
         x = _inputs(batch, None, config, device)
         state = [model.initial_state(batch, device)]
 
@@ -447,6 +456,8 @@ def plan(config: BenchConfig, device: torch.device) -> list[Job]:
 
     def scans_for(family: str) -> list[tuple[str | None, str | None]]:
         # (scan, skip reason); the RNN baselines have no scan option.
+        if family == "mamba":
+            return [(scan, skip_reason(scan)) for scan in MAMBA_SCANS]
         if family not in MIN_GRU_FAMILY:
             return [(None, None)]
         return [(scan, skip_reason(scan)) for scan in scans]
@@ -495,6 +506,11 @@ def plan(config: BenchConfig, device: torch.device) -> list[Job]:
         for name in config.backbones:
             for batch in config.step_batch_sizes:
                 jobs.append(Job("backbone", "step", name, batch, _backbone_step(name, batch, config, device)))
+        if "mamba" in config.backbones:
+            # The eager step on mambapy's path, next to the default one (compiled on CPU).
+            for batch in config.step_batch_sizes:
+                make = _backbone_step("mamba", batch, config, device, scan="mambapy")
+                jobs.append(Job("backbone", "step", "mamba [mambapy]", batch, make))
         if "transformer" in config.backbones:
             tokens = DT_CONTEXT_STEPS * DT_TOKENS_PER_STEP
             layers = config.dt_layers
@@ -762,6 +778,7 @@ def targets(rows: list[dict], config: BenchConfig, device: torch.device, peak: f
                 f"both {layers} layers (stricter), per tick",
             )
         )
+        checks += mamba_targets(rows, config)
     else:
         length = 4096 if 4096 in config.seq_lens else max(config.seq_lens)
         kernel = _find(rows, "scan", "train", "gated scan [triton]", "T", length)
@@ -805,6 +822,30 @@ def targets(rows: list[dict], config: BenchConfig, device: torch.device, peak: f
                 3.0,
                 "scan alone",
             )
+        )
+    return checks
+
+
+def mamba_targets(rows: list[dict], config: BenchConfig) -> list[dict]:
+    """Issue 20's CPU targets for Mamba's compiled kernels, backbone against backbone (1 layer)."""
+    checks = []
+    detail = f"1-layer backbones, B={config.batch_size}, H={config.hidden_dim}"
+    compiled = {t: _find(rows, "backbone", "train", "mamba [numba]", "T", t) for t in (256, 1024)}
+    for length in (256, 1024):
+        reference = _find(rows, "backbone", "train", "mamba [mambapy]", "T", length)
+        ratio = _ratio(reference, compiled[length])
+        checks.append(
+            _check(f"mamba [mambapy] / mamba [numba] train step, T={length}", ratio, ">=", 5.0, detail)
+        )
+    lstm = _find(rows, "backbone", "train", "lstm", "T", 256)
+    ratio = _ratio(compiled[256], lstm)
+    checks.append(_check("mamba [numba] / lstm train step, T=256", ratio, "<=", 3.0, detail))
+    for batch in (1, 16):
+        step = _find(rows, "backbone", "step", "mamba", "B", batch)
+        lstm_step = _find(rows, "backbone", "step", "lstm", "B", batch)
+        ratio = _ratio(step, lstm_step)
+        checks.append(
+            _check(f"mamba step / lstm step, B={batch}", ratio, "<=", 2.0, "1-layer backbones, per tick")
         )
     return checks
 

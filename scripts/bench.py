@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "backend for each T, (b) per-tick step latency per batch size, including a Decision Transformer "
             "re-running its 60-token context, (c) peak memory of the training step. Rows are the minGRU scan "
             "alone, one recurrent layer (minGRU/minLSTM per scan vs nn.LSTM/nn.GRU and their cells) and full "
-            "backbones. On a busy CPU pass --threads 1."
+            "backbones (Mamba: its compiled CPU kernels [numba] vs mambapy's path [mambapy], train and step). "
+            "On a busy CPU pass --threads 1."
         ),
     )
     parser.add_argument("--out", default="results/bench", help="results folder (default: results/bench)")

@@ -188,6 +188,26 @@ class Backbone(nn.Module, ABC):
         return state
 
 
+def compiled_step(backbone: Any, x: Tensor, state: State, max_batch: int) -> Any:
+    """The backbone's compiled-step table if this tick can run compiled, else None (the eager step).
+
+    Compiled needs nothing from torch: autograd off, at most `max_batch` rows, fp32 input and state, no
+    CPU autocast. The table (`backbone._fused_step`) is rebuilt by `backbone._build_fused_step(device)`
+    when missing or stale (a parameter's storage replaced); a str there says why the step stays eager."""
+    if (
+        torch.is_grad_enabled()
+        or x.shape[0] > max_batch
+        or x.dtype != torch.float32
+        or any(s.dtype != torch.float32 for s in state)
+        or torch.is_autocast_enabled("cpu")
+    ):
+        return None
+    fused = backbone._fused_step
+    if fused is None or (not isinstance(fused, str) and not fused.current()):
+        fused = backbone._fused_step = backbone._build_fused_step(x.device)
+    return None if isinstance(fused, str) else fused
+
+
 def mask_state(state: State, episode_starts: Tensor) -> State:
     """Zero the state of every batch row whose episode starts now. episode_starts: [B] bool.
 

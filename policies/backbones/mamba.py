@@ -1,16 +1,18 @@
-"""Mamba baseline on `mambapy` (pure PyTorch selective scan; Gu & Dao 2023).
+"""Mamba baseline (Gu & Dao 2023) on mambapy's blocks, with compiled CPU kernels for its sequence ops.
 
 Layout: input projection to `hidden_dim` (d_model) -> `num_layers` pre-norm residual Mamba blocks
 (mambapy's `ResidualBlock`: RMSNorm -> MambaBlock, + residual) -> final RMSNorm.
 
 mambapy's own `forward` cannot start from a carried state or forget at episode starts, so this module
-reuses its blocks (parameters and initialization) and runs their math itself:
+reuses its blocks (parameters and initialization) and runs their math itself. The two sequence ops,
+the causal depthwise conv + SiLU and the selective scan, take the carried state and the resets (an
+episode start forgets the conv inputs and the SSM state before it); kernels/selective_scan.py runs
+them, on the backend `scan` names:
 
-- Causal depthwise conv: computed as `d_conv` shifted, masked products. A tap reaching back across an
-  episode start is masked out (segment id = cumsum(episode_starts)), and taps reaching before t=0 read
-  the conv buffer carried in the state. No Python loop over time.
-- Selective scan h_t = dA_t * h_{t-1} + dBx_t: a reset zeroes dA_t at the start; the carried state
-  enters as dBx_0 += dA_0 * h_0. Then mambapy's parallel scan (`pscan`) runs unchanged.
+- "numba": compiled forward and backward kernels (numba_mamba.py, numba_mamba_conv.py). The default
+  on CPU ("auto"), 5-10x faster there than the reference at T=256-1024.
+- "mambapy": the reference and the default elsewhere: the conv as `d_conv` shifted, masked products
+  and mambapy's parallel scan (`pscan`), with the resets as exp(delta A) = 0.
 
 `step` keeps, per layer, the last `d_conv - 1` conv inputs and the SSM state, so a tick costs the
 same at any episode length.
@@ -27,14 +29,19 @@ usual offline-training segment); anything else runs the PyTorch path, which give
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from mambapy.mamba import MambaBlock, MambaConfig, ResidualBlock, RMSNorm
-from mambapy.pscan import pscan
 from torch import Tensor, nn
 
-from .base import Backbone, State
+from .base import Backbone, State, compiled_step
+from .kernels.selective_scan import check_backend, conv_silu, resolve_backend, selective_scan
+
+# The compiled step measured faster than the eager one at every batch size up to 256 (1 and 2 threads,
+# H=128, 1 layer; 3-7x at B=1-16); above that the eager step (MKL matmuls) runs, untested against it.
+COMPILED_STEP_MAX_BATCH = 256
 
 
 def _mamba_ssm_available() -> bool:
@@ -42,9 +49,10 @@ def _mamba_ssm_available() -> bool:
 
 
 class MambaBackbone(Backbone):
-    """Stack of residual Mamba blocks. Options: d_state, d_conv, expand, use_cuda_kernels."""
+    """Stack of residual Mamba blocks. Options: d_state, d_conv, expand, use_cuda_kernels, scan."""
 
     name = "mamba"
+    _cache_attrs = ("_param_device", "_fused_step")
 
     def __init__(
         self,
@@ -55,13 +63,11 @@ class MambaBackbone(Backbone):
         d_conv: int = 4,
         expand: int = 2,
         use_cuda_kernels: bool = False,
+        scan: str = "auto",
     ) -> None:
         super().__init__(input_dim, hidden_dim, num_layers)
-        if d_state <= 0 or d_conv < 2 or expand <= 0:
-            raise ValueError(
-                f"MambaBackbone: need d_state >= 1, d_conv >= 2, expand >= 1, "
-                f"got d_state={d_state}, d_conv={d_conv}, expand={expand}"
-            )
+        _check_options(d_state, d_conv, expand)
+        self.scan = check_backend(scan)
         self.config = MambaConfig(
             d_model=hidden_dim, n_layers=num_layers, d_state=d_state, d_conv=d_conv, expand_factor=expand
         )
@@ -69,6 +75,9 @@ class MambaBackbone(Backbone):
         self.d_state = d_state
         self.d_conv = d_conv
         self.use_cuda_kernels = use_cuda_kernels
+        # The compiled step's parameter table (numba_mamba_step.MambaStepWeights), or why it cannot run
+        # (a str); None = not looked at yet. Dropped on a move or a load (see Backbone._forget_caches).
+        self._fused_step: Any = None
         self.input_proj = nn.Linear(input_dim, hidden_dim)
         self.layers = nn.ModuleList([ResidualBlock(self.config) for _ in range(num_layers)])
         self.norm_f = RMSNorm(hidden_dim, self.config.rms_norm_eps)
@@ -127,22 +136,17 @@ class MambaBackbone(Backbone):
         use_kernel: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """u: [B, T, H]; conv_state [B, ED, K-1]; ssm_state [B, ED, N] -> (out [B, T, H], conv, ssm)."""
-        k = self.d_conv
         xc, z = mixer.in_proj(u).chunk(2, dim=-1)  # [B, T, ED] each
-        # Extended conv input: the K-1 carried inputs, then this sequence. Carried inputs belong to
-        # segment 0 (the episode in progress); an episode start at t bumps the segment id from t on.
-        ext = torch.cat([conv_state.transpose(1, 2).to(xc.dtype), xc], dim=1)  # [B, K-1+T, ED]
-        ext_segment = F.pad(segment, (k - 1, 0))  # [B, K-1+T]
-        length = xc.shape[1]
-        weight = mixer.conv1d.weight[:, 0, :]  # [ED, K]; out_t = sum_j w_j * in_{t-(K-1)+j}
-        conv = mixer.conv1d.bias
-        for j in range(k):
-            same_episode = (ext_segment[:, j : j + length] == segment).unsqueeze(-1)  # [B, T, 1]
-            conv = conv + weight[:, j] * (ext[:, j : j + length] * same_episode)
-        xs = F.silu(conv)  # [B, T, ED]
+        carried = conv_state.transpose(1, 2).to(xc.dtype)  # [B, K-1, ED]: the last K-1 inputs, oldest first
+        xs = conv_silu(
+            xc, carried, mixer.conv1d.weight[:, 0, :], mixer.conv1d.bias, starts, self.scan
+        )  # [B, T, ED]
         # The next conv buffer: the last K-1 inputs, zeroed where they precede the last episode start.
-        tail_same = ext_segment[:, -(k - 1) :] == segment[:, -1:]  # [B, K-1]
-        new_conv_state = (ext[:, -(k - 1) :] * tail_same.unsqueeze(-1)).transpose(1, 2)  # [B, ED, K-1]
+        # Carried inputs belong to segment 0 (the episode in progress); a start at t bumps it from t on.
+        k, length = self.d_conv, xc.shape[1]
+        tail = torch.cat([carried[:, length:], xc[:, -(k - 1) :]], dim=1)  # [B, K-1, ED]
+        tail_same = F.pad(segment, (k - 1, 0))[:, -(k - 1) :] == segment[:, -1:]  # [B, K-1]
+        new_conv_state = (tail * tail_same.unsqueeze(-1)).transpose(1, 2)  # [B, ED, K-1]
 
         if use_kernel:
             y, new_ssm_state = self._selective_scan_cuda(mixer, xs, z)
@@ -155,7 +159,7 @@ class MambaBackbone(Backbone):
         """xs: [..., ED] -> delta [..., ED] (softplus applied), A [ED, N], B [..., N], C [..., N], D [ED]."""
         cfg = self.config
         dt, b, c = torch.split(mixer.x_proj(xs), [cfg.dt_rank, cfg.d_state, cfg.d_state], dim=-1)
-        delta = F.softplus(mixer.dt_proj(dt))
+        delta = F.softplus(_dt_proj(mixer.dt_proj, dt))
         return delta, -torch.exp(mixer.A_log), b, c, mixer.D
 
     def _selective_scan(
@@ -164,17 +168,8 @@ class MambaBackbone(Backbone):
         """xs: [B, T, ED], h0: [B, ED, N], starts [B, T] -> (y [B, T, ED], h_T [B, ED, N])."""
         delta, a, b, c, d = self._ssm_inputs(mixer, xs)
         # The scan runs in at least fp32 (bf16 products would drift over long sequences).
-        dtype = torch.promote_types(xs.dtype, torch.float32)
-        delta, b, c, xf = delta.to(dtype), b.to(dtype), c.to(dtype), xs.to(dtype)
-        # dA = exp(delta * A), exactly 0 at an episode start (exp(-inf)); in place, as these are the
-        # biggest tensors here ([B, T, ED, N]) and neither product is saved for backward.
-        log_a = (delta.unsqueeze(-1) * a.to(dtype)).masked_fill_(starts[..., None, None], float("-inf"))
-        d_a = torch.exp(log_a)  # [B, T, ED, N]
-        d_bx = (delta * xf).unsqueeze(-1) * b.unsqueeze(2)  # [B, T, ED, N]
-        d_bx[:, 0] += d_a[:, 0] * h0.to(dtype)  # the carried state enters at t=0
-        hs = pscan(d_a, d_bx)  # [B, T, ED, N]
-        y = (hs @ c.unsqueeze(-1)).squeeze(-1) + d.to(dtype) * xf  # [B, T, ED]
-        return y.to(xs.dtype), hs[:, -1]
+        y, h_last = selective_scan(xs, delta, a, b, c, d, h0, starts, self.scan)
+        return y.to(xs.dtype), h_last
 
     def _selective_scan_cuda(self, mixer: MambaBlock, xs: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         """mamba_ssm's fused kernel (fresh state, no resets). xs, z: [B, T, ED] -> (y*silu(z), h_T)."""
@@ -200,6 +195,10 @@ class MambaBackbone(Backbone):
     # ----------------------------------------------------------------- one tick
     def _step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         # x: [B, D_in] -> y [B, H]; state (conv [B, L, ED, K-1], ssm [B, L, ED, N])
+        weights = compiled_step(self, x, state, COMPILED_STEP_MAX_BATCH)
+        if weights is not None:
+            y, conv, ssm = weights.step(x, *state)
+            return y, (conv, ssm)
         h = self.input_proj(x)  # [B, H]
         conv_states, ssm_states = [], []
         for i, layer in enumerate(self.layers):
@@ -218,3 +217,55 @@ class MambaBackbone(Backbone):
             conv_states.append(window[:, :, 1:].to(state[0].dtype))
             ssm_states.append(ssm.to(state[1].dtype))
         return self.norm_f(h), (torch.stack(conv_states, dim=1), torch.stack(ssm_states, dim=1))
+
+    def _build_fused_step(self, device: torch.device) -> Any:
+        """numba_mamba_step.MambaStepWeights for this backbone, or a str saying why the step stays eager."""
+        backend = resolve_backend(self.scan, device)
+        if backend != "numba":
+            return f"scan={self.scan!r} resolves to {backend!r} on {device}"
+        from .kernels.numba_mamba_step import MambaStepWeights, unsupported_reason
+
+        reason = unsupported_reason(self)
+        return reason if reason is not None else MambaStepWeights(self)
+
+
+class _NarrowLinear(torch.autograd.Function):
+    """x @ W^T + b for a narrow x ([..., R], R = dt_rank, e.g. 8), with the weight's gradient taken as
+    (x^T g)^T: autograd's g^T x reads g [B*T, ED] transposed and, at R = 8, costs 10x more on CPU
+    (measured 87 vs 8 ms at B*T = 16384, ED = 256)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x, weight = ctx.saved_tensors
+        g2, x2 = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
+        return grad @ weight, (x2.t() @ g2).t(), g2.sum(0)
+
+
+def _dt_proj(layer: nn.Linear, dt: Tensor) -> Tensor:
+    """layer(dt): [B, T, R] -> [B, T, ED]; the narrow-input backward where it is the faster one (CPU
+    training without autocast, whose casts it would skip), the plain call elsewhere."""
+    if (
+        dt.ndim == 3
+        and dt.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+    ):
+        return _NarrowLinear.apply(dt, layer.weight, layer.bias)
+    return layer(dt)
+
+
+def _check_options(d_state: int, d_conv: int, expand: int) -> None:
+    """Whole numbers in range, or a ValueError naming them (a float width would fail deep in mambapy)."""
+    values = {"d_state": (d_state, 1), "d_conv": (d_conv, 2), "expand": (expand, 1)}
+    bad = [
+        f"{name}={value!r} (need an integer >= {low})"
+        for name, (value, low) in values.items()
+        if isinstance(value, bool) or not isinstance(value, int) or value < low
+    ]
+    if bad:
+        raise ValueError(f"MambaBackbone: bad options: {', '.join(bad)}")

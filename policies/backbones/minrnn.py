@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Backbone, State, run_dropout, run_layer_norm, run_linear
+from .base import Backbone, State, compiled_step, run_dropout, run_layer_norm, run_linear
 from .kernels.scan import acc, check_backend, gated_scan_tm, resolve_backend
 
 
@@ -228,19 +228,9 @@ class MinRNNBackbone(Backbone):
 
     def _step_weights(self, x: Tensor, h: Tensor) -> Any:
         """The compiled step's weights if this tick can run compiled, else None (eager step)."""
-        if (
-            torch.is_grad_enabled()
-            or x.shape[0] > COMPILED_STEP_MAX_BATCH
-            or x.dtype != torch.float32
-            or h.dtype != torch.float32
-            or (self.training and self.dropout > 0)
-            or torch.is_autocast_enabled("cpu")
-        ):
+        if self.training and self.dropout > 0:
             return None
-        fused = self._fused_step
-        if fused is None or (not isinstance(fused, str) and not fused.current()):
-            fused = self._fused_step = self._build_fused_step(x.device)
-        return None if isinstance(fused, str) else fused
+        return compiled_step(self, x, (h,), COMPILED_STEP_MAX_BATCH)
 
     def _build_fused_step(self, device: torch.device) -> Any:
         """numba_step.StepWeights for this backbone, or a str saying why the step stays eager."""

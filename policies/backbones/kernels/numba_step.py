@@ -193,21 +193,43 @@ def unsupported_reason(backbone: nn.Module) -> str | None:
     return None
 
 
-class StepWeights:
+class ParamTable:
+    """The storage addresses of a module's parameters, for a kernel to read them in place (see the module
+    docstring), and whether they are still the parameters' storage. Subclasses add every parameter with
+    `index`, then call `seal`."""
+
+    def __init__(self) -> None:
+        self.params: list[Tensor] = []  # kept alive: the kernel reads their storage
+
+    def index(self, module: nn.Module | None, name: str) -> int:
+        """Add the module's parameter `name` -> its index in the table (-1: no such parameter)."""
+        tensor = None if module is None else module._parameters.get(name)
+        if tensor is None:
+            return -1
+        self.params.append(tensor)
+        return len(self.params) - 1
+
+    def seal(self) -> None:
+        """Record the addresses, once every parameter is in."""
+        self.storage = self._storage()
+        self.addresses = np.array(self.storage, dtype=np.int64)
+
+    def _storage(self) -> tuple[int, ...]:
+        return tuple(p.data_ptr() for p in self.params)
+
+    def current(self) -> bool:
+        """The addresses are still the parameters' storage (False after e.g. `param.data = other`)."""
+        return self._storage() == self.storage
+
+
+class StepWeights(ParamTable):
     """What the kernel needs from one MinRNNBackbone: its parameters' addresses and the tables saying
     which address is which parameter."""
 
     def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
         blocks = list(backbone.blocks)
-        params: list[Tensor] = []
-
-        def index(module: nn.Module | None, name: str) -> int:
-            tensor = None if module is None else module._parameters.get(name)
-            if tensor is None:
-                return -1
-            params.append(tensor)
-            return len(params) - 1
-
+        index = self.index
         self.top = np.array(
             [index(backbone.input_proj, "weight"), index(backbone.input_proj, "bias"),
              index(backbone.norm, "weight"), index(backbone.norm, "bias")],
@@ -232,16 +254,7 @@ class StepWeights:
             dtype=np.int64,
         )  # fmt: skip
         self.eps = float(backbone.norm.eps)
-        self.params = params  # kept alive: the kernel reads their storage
-        self.storage = self._storage()
-        self.addresses = np.array(self.storage, dtype=np.int64)
-
-    def _storage(self) -> tuple[int, ...]:
-        return tuple(p.data_ptr() for p in self.params)
-
-    def current(self) -> bool:
-        """The addresses are still the parameters' storage (False after e.g. `param.data = other`)."""
-        return self._storage() == self.storage
+        self.seal()
 
     def step(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """One compiled tick. x [B, input_dim] fp32 CPU, h [B, L, I] fp32, already reset where episodes
