@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import gymnasium as gym
@@ -39,14 +40,25 @@ def episode_quotas(episodes: int, num_envs: int) -> np.ndarray:
     return np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
 
 
-def run_episodes(envs: gym.vector.VectorEnv, actor: Actor, episodes: int, seed: int = 0) -> dict[str, Any]:
-    """Play `episodes` episodes -> {"returns", "lengths", "env_steps", "wall_time_s", "seeds"}."""
+def run_episodes(
+    envs: gym.vector.VectorEnv, actor: Actor, episodes: int, seed: int = 0, slots: Slots | None = None
+) -> dict[str, Any]:
+    """Play `episodes` episodes -> {"returns", "lengths", "env_steps", "wall_time_s", "seeds"}.
+
+    `slots` (data-parallel evaluation): `envs` plays only these env slots of a run over `slots.total`
+    slots, with their quotas and seeds; the result then also says when each episode ended ("order"),
+    so `merge_slots` can put the processes' parts together as one process would have played them."""
     if episodes <= 0:
         raise ValueError(f"episodes must be positive, got {episodes}")
     n = envs.num_envs
     quota = episode_quotas(episodes, n)
+    env_seeds = vector_env_seeds(seed, n)
+    if slots is not None:
+        quota = episode_quotas(episodes, slots.total)[slots.indices]
+        env_seeds = [vector_env_seeds(seed, slots.total)[i] for i in slots.indices]
+    order: list[tuple[int, int]] = []  # (tick, slot) of each finished episode
     start_time = time.perf_counter()
-    obs, _ = envs.reset(seed=vector_env_seeds(seed, n))
+    obs, _ = envs.reset(seed=env_seeds)
     starts = np.ones(n, dtype=bool)
     running, length = np.zeros(n), np.zeros(n, dtype=np.int64)
     done = np.zeros(n, dtype=np.int64)
@@ -64,16 +76,49 @@ def run_episodes(envs: gym.vector.VectorEnv, actor: Actor, episodes: int, seed: 
             if done[i] < quota[i]:
                 returns.append(float(running[i]))
                 lengths.append(int(length[i]))
+                order.append((env_steps // n, i if slots is None else slots.indices[i]))
                 done[i] += 1
         running[ended] = 0.0
         length[ended] = 0
         starts = ended
-    return {
+    result = {
         "returns": returns,
         "lengths": lengths,
         "env_steps": env_steps,
         "wall_time_s": time.perf_counter() - start_time,
         "seeds": [seed],
+    }
+    return result if slots is None else {**result, "order": order}
+
+
+@dataclass(frozen=True)
+class Slots:
+    """The env slots one process of a data-parallel evaluation plays: rank, rank + world_size, ...
+    of `total` (each keeps the quota and the seed it has in a one-process run)."""
+
+    total: int
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def indices(self) -> list[int]:
+        return list(range(self.rank, self.total, self.world_size))
+
+
+def merge_slots(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The processes' parts of one evaluation -> the result one process would give (episodes in the
+    order they ended; the parts ran side by side, so the wall time is the slowest part's)."""
+    ended = sorted(
+        (when, returned, length)
+        for part in parts
+        for when, returned, length in zip(part["order"], part["returns"], part["lengths"], strict=True)
+    )
+    return {
+        **{k: v for k, v in parts[0].items() if k not in ("returns", "lengths", "env_steps", "wall_time_s", "order")},
+        "returns": [returned for _, returned, _ in ended],
+        "lengths": [length for _, _, length in ended],
+        "env_steps": sum(part["env_steps"] for part in parts),
+        "wall_time_s": max(part["wall_time_s"] for part in parts),
     }
 
 

@@ -14,6 +14,11 @@ Checkpoint schema (meta.json): the trainer's own entries plus "kind", "step" (th
 counts: optimizer steps or env steps), "config" and "train_state" (everything an exact resume needs:
 the optimizer, RNG states, the clock and the trainer's own state); tensors in train.safetensors.
 Resume rule: every config key must match the run's, except the trainer's `RunSpec.resumable` keys.
+
+Under torchrun (agents/distributed.py) every process runs this loop; rank 0 alone holds the directory,
+writes checkpoints, config.json, TensorBoard and results.json, and reads the checkpoint it resumes from
+(the others get it from rank 0). After each iteration the processes add up their loss shares and agree
+on whether to stop, so a signal to any of them stops all at the same step.
 """
 
 from __future__ import annotations
@@ -34,14 +39,15 @@ from recurrl.agents.checkpoint import (
     load_checkpoint,
     load_optimizer_state,
     optimizer_state,
-    read_meta,
     rng_state,
     save_checkpoint,
     set_rng_state,
     write_json_atomic,
 )
 from recurrl.agents.config import to_dict
-from recurrl.agents.run_dir import CONFIG, RESULTS, RunDir, jsonable, read_json
+from recurrl.agents.distributed import Distributed, DistributedError, PeerFailed
+from recurrl.agents.resume_point import resume_point
+from recurrl.agents.run_dir import CHECKPOINTS, CONFIG, RESULTS, RunDir
 from recurrl.agents.stopping import GracefulStop
 
 if TYPE_CHECKING:
@@ -130,78 +136,57 @@ def resumable_summary_writer(run_dir: str | Path, step: int, **kwargs: Any) -> S
     return SummaryWriter(str(run_dir), purge_step=step + 1 if step > 0 else None, **kwargs)
 
 
+class _NullWriter:
+    """What the processes other than rank 0 log to: nothing."""
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Run:
     """One training run: its locked directory, its checkpoints, its loop."""
 
-    def __init__(self, path: str | Path, config: Any, spec: RunSpec, resume: bool) -> None:
-        self.config, self.spec = config, spec
-        self.dir = RunDir(path, resume, spec.command, spec.fresh_name)
+    def __init__(
+        self, path: str | Path, config: Any, spec: RunSpec, resume: bool, dist: Distributed | None = None
+    ) -> None:
+        self.config, self.spec, self.path = config, spec, Path(path)
+        self.dist = dist or Distributed()
         self.saved_step: int | None = None  # the step of checkpoints/last, once this process knows it
         self.clock = {"wall_s": 0.0, "eval_s": 0.0}  # of the sessions before this one (from the checkpoint)
         self._session_start, self._session_eval, self.session_start_step = time.perf_counter(), 0.0, 0
+        self.dir: RunDir | None = None  # rank 0's: the only process that touches the directory
+        self.resume_from: Path | None = self.dist.from_main(lambda: self._open(resume), "opening the run directory")
+
+    def _open(self, resume: bool) -> Path | None:
+        self.dir = RunDir(self.path, resume, self.spec.command, self.spec.fresh_name)
         try:
-            self.resume_from = self._resume_point() if resume else None
+            return resume_point(self.dir, self.spec.kind, self.config, self.spec.resumable) if resume else None
         except BaseException:
             self.dir.close()
             raise
 
     @property
     def last(self) -> Path:
-        return self.dir.checkpoints / "last"
+        return self.path / CHECKPOINTS / "last"
 
     def abandon(self) -> None:
         """The trainer failed to build: release the directory (and remove it if nothing was written)."""
-        self.dir.abandon()
+        if self.dir is not None:
+            self.dir.abandon()
 
     # ------------------------------------------------------------------ resume
-    def _resume_point(self) -> Path | None:
-        """The newest complete checkpoint, `last` or `best` (a complete leftover of an interrupted save
-        is already back in place: RunDir cleans them), after checking its kind and the resume rule. None
-        when the run has none yet: it then starts from step 0."""
-        candidates, problems = [], []
-        for name in ("last", "best"):
-            path = self.dir.checkpoints / name
-            if path.exists():
-                try:
-                    meta = read_meta(path)
-                except CheckpointError as error:
-                    problems.append(str(error))
-                    continue
-                candidates.append((int(meta.get("step", -1)), name == "last", path, meta))
-        if not candidates and problems:
-            raise CheckpointError(f"cannot resume {self.dir.path}: {problems[0]}")
-        if not candidates:
-            if (self.dir.path / CONFIG).is_file():
-                self._check_config(read_json(self.dir.path / CONFIG), self.dir.path / CONFIG)
-            print(f"note: {self.dir.path} has no checkpoint yet; starting from step 0", file=sys.stderr)
-            return None
-        _, _, path, meta = max(candidates, key=lambda c: c[:2])
-        if meta.get("kind") != self.spec.kind:
-            raise CheckpointError(
-                f"{path} is a {meta.get('kind')!r} checkpoint; it cannot resume a {self.spec.kind} run"
-            )
-        self._check_config(meta.get("config", {}), path)
-        for problem in problems:
-            print(f"note: {problem}; resuming from {path} (step {meta.get('step')})", file=sys.stderr)
-        return path
-
-    def _check_config(self, saved: dict[str, Any], where: Path) -> None:
-        """The resume rule: only the spec's `resumable` keys may differ from the run's saved config."""
-        new = jsonable(to_dict(self.config))
-        changed = sorted(k for k in saved if k not in self.spec.resumable and saved[k] != new.get(k))
-        if changed:
-            details = ", ".join(f"{k}: {saved[k]!r} -> {new.get(k)!r}" for k in changed)
-            raise ValueError(
-                f"cannot resume {str(self.dir.path)!r} with a different config ({details}, saved in {where}); "
-                f"only {', '.join(sorted(self.spec.resumable))} may change on resume"
-            )
-
     def resume(self, trainer: Trainer) -> None:
         """Restore `trainer` from the resume point (no-op for a new run): its own state, the optimizer,
         then the RNG states last (nothing after this may draw from them before training)."""
         if self.resume_from is None:
             return
-        tensors, meta, train = load_checkpoint(self.resume_from, with_train_state=True)
+        path = self.resume_from
+        tensors, meta, train = self.dist.from_main(
+            lambda: load_checkpoint(path, with_train_state=True), "reading the checkpoint to resume from"
+        )
         if train is None or "train_state" not in meta:
             raise CheckpointError(
                 f"{self.resume_from}: no training state, so the run cannot be resumed exactly"
@@ -222,7 +207,10 @@ class Run:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, trainer: Trainer, name: str = "last") -> Path:
-        """Checkpoint `trainer` as checkpoints/NAME (crash-safe: agents/checkpoint.py)."""
+        """Checkpoint `trainer` as checkpoints/NAME (crash-safe: agents/checkpoint.py); rank 0 only."""
+        if self.dir is None:  # another rank: its state is rank 0's
+            self.saved_step = trainer.step if name == "last" else self.saved_step
+            return self.path / CHECKPOINTS / name
         self.dir.acquire()
         snap = trainer.snapshot()
         opt_tensors, opt_plain = optimizer_state(trainer.optimizer)
@@ -237,6 +225,8 @@ class Run:
         return path
 
     def copy_last_to(self, name: str) -> Path:
+        if self.dir is None:
+            return self.path / CHECKPOINTS / name
         return copy_checkpoint(self.last, self.dir.checkpoints / name)
 
     # ------------------------------------------------------------------ the loop
@@ -248,24 +238,39 @@ class Run:
         KeyboardInterrupt (see agents/stopping.py). The directory stays locked until this returns.
         """
         until = self.spec.total_steps if until is None else min(until, self.spec.total_steps)
-        self.dir.acquire()
+        try:
+            return self._train(trainer, until)
+        except PeerFailed:
+            raise
+        except DistributedError as error:  # a process died or hangs: the directory holds what was saved
+            raise DistributedError(
+                f"{error}; {self._last_good()}. Continue with: {self.spec.command} --resume {self.path}"
+            ) from error
+
+    def _train(self, trainer: Trainer, until: int) -> dict[str, Any] | None:
+        if self.dir is not None:
+            self.dir.acquire()
         self._session_start, self._session_eval = time.perf_counter(), 0.0
         self.session_start_step = trainer.step
-        writer = None
+        writer: Any = None
         try:
-            write_json_atomic(self.dir.path / CONFIG, to_dict(self.config))
-            writer = resumable_summary_writer(self.dir.path, trainer.step, flush_secs=30)
+            if self.dir is not None:
+                write_json_atomic(self.path / CONFIG, to_dict(self.config))
+                writer = resumable_summary_writer(self.path, trainer.step, flush_secs=30)
+            else:
+                writer = _NullWriter()
             with GracefulStop() as stop:
                 try:
-                    self._iterate(trainer, writer, until, stop)
+                    stopped = self._iterate(trainer, writer, until, stop)
                 except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, mid-iteration
                     self._say_how_to_resume(f"stopped at once; {self._last_good()}")
                     raise
                 if self.saved_step != trainer.step:
                     self.save(trainer)
-            if stop.requested is not None and trainer.step < until:
+            if stopped and trainer.step < until:
                 where = f"stopped at step {trainer.step:,}; checkpoint saved in {self.last}"
-                self._say_how_to_resume(f"{stop.requested}: {where}")
+                signal = stop.requested or "a stop signal to another process of the run"
+                self._say_how_to_resume(f"{signal}: {where}")
                 raise KeyboardInterrupt
             if trainer.step < self.spec.total_steps:
                 return None
@@ -279,17 +284,20 @@ class Run:
         finally:
             if writer is not None:
                 writer.close()
-            self.dir.close()
+            if self.dir is not None:
+                self.dir.close()
 
     def _say_how_to_resume(self, what: str) -> None:
-        print(f"{what}. Continue with: {self.spec.command} --resume {self.dir.path}", file=sys.stderr)
+        if self.dist.is_main:
+            print(f"{what}. Continue with: {self.spec.command} --resume {self.path}", file=sys.stderr)
 
     def _last_good(self) -> str:
         if self.saved_step is None:
             return "no checkpoint was saved in this process yet"
         return f"the last good checkpoint is {self.last} (step {self.saved_step:,})"
 
-    def _iterate(self, trainer: Trainer, writer: SummaryWriter, until: int, stop: GracefulStop) -> None:
+    def _iterate(self, trainer: Trainer, writer: SummaryWriter, until: int, stop: GracefulStop) -> bool:
+        """The iterations; whether a stop signal ended them."""
         from tqdm.auto import tqdm
 
         spec = self.spec
@@ -301,9 +309,11 @@ class Run:
             unit="step",
         )
         window: list[dict[str, float]] = []
+        agreed = False  # under torchrun: all processes agreed to stop after this iteration
         try:
-            while trainer.step < until and stop.requested is None:
+            while trainer.step < until and not (agreed if self.dist.enabled else stop.requested is not None):
                 logs = trainer.train_iteration()
+                agreed = self._agree(logs, stop)
                 self._check_finite(logs.get(LOSS, 0.0), trainer.step)
                 window.append(logs)
                 bar.update(spec.steps_per_iteration)
@@ -321,6 +331,17 @@ class Run:
         finally:
             bar.close()
             writer.flush()
+        return agreed if self.dist.enabled else stop.requested is not None
+
+    def _agree(self, logs: dict[str, float], stop: GracefulStop) -> bool:
+        """Under torchrun: the loss over all processes (each logs its share) and whether any of them
+        was asked to stop. Every process stops at the same step, or some would wait for the others."""
+        if not self.dist.enabled:
+            return False
+        loss, stops = self.dist.sum([logs.get(LOSS, 0.0), float(stop.requested is not None)], "sharing the loss")
+        if LOSS in logs:
+            logs[LOSS] = loss
+        return stops > 0
 
     def _log(self, writer: SummaryWriter, bar: Any, window: list[dict[str, float]], step: int) -> None:
         """Write a logging window: the loss averaged over it, every other scalar as of its last iteration,
@@ -340,6 +361,8 @@ class Run:
         if math.isfinite(loss):
             return
         where = self._last_good()
+        if not self.dist.is_main:  # the loss is every rank's: rank 0 says it
+            raise PeerFailed(f"rank {self.dist.rank}: training diverged at step {step}")
         raise TrainingDiverged(
             f"training diverged: loss is {loss} at step {step}; {where} ({self.spec.diverged_hint})"
         )
@@ -353,14 +376,16 @@ class Run:
         train_s = max(clock["wall_s"] - clock["eval_s"], 1e-9)
         results = {
             "kind": self.spec.kind,
-            "run_dir": str(self.dir.path),
+            "run_dir": str(self.path),
             "steps": trainer.step,
             "train_steps_per_s": trainer.step / train_s,
             "wall_time_s": clock["wall_s"],
             "eval_time_s": clock["eval_s"],
             **own,
         }
-        path = self.dir.path / RESULTS
+        path = self.path / RESULTS
+        if self.dir is None:
+            return results
         write_json_atomic(path, results)
         print(
             f"done: {trainer.step:,} steps, {results['train_steps_per_s']:,.1f} training steps/s (evaluation "

@@ -95,3 +95,39 @@ class OfflineDataset:
         return normalized_score(
             returns, self.ref_min_score, self.ref_max_score, name=f"dataset {self.name!r}"
         )
+
+
+def random_action_dataset(
+    env_id: str,
+    episodes: int,
+    env_kwargs: dict[str, Any] | None = None,
+    seed: int = 0,
+    ref_scores: tuple[float, float] | None = None,
+) -> OfflineDataset:
+    """`episodes` whole episodes of uniformly random actions in `env_id`: a small dataset that needs no
+    files and no Minari (tests, and the GPU check on machines without MuJoCo)."""
+    env_kwargs = env_kwargs or {}
+    env = gym.make(env_id, **env_kwargs)
+    env.action_space.seed(seed)
+    out = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        rows: dict[str, list[Any]] = {"o": [], "a": [], "r": [], "te": [], "tr": []}
+        done = False
+        while not done:
+            action = env.action_space.sample()
+            rows["o"].append(obs)
+            rows["a"].append(action)
+            obs, reward, term, trunc, _ = env.step(action)
+            rows["r"].append(reward)
+            rows["te"].append(term)
+            rows["tr"].append(trunc)
+            done = term or trunc
+        observations, actions = np.array(rows["o"], np.float32), np.array(rows["a"])
+        rewards, final = np.array(rows["r"], np.float32), np.asarray(obs, np.float32)
+        out.append(Episode(observations, actions, rewards, np.array(rows["te"]), np.array(rows["tr"]), final))
+    low, high = ref_scores if ref_scores is not None else (None, None)
+    env.close()
+    return OfflineDataset(
+        f"random-{env_id}", out, env_id, env.observation_space, env.action_space, env_kwargs, low, high
+    )

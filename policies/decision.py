@@ -287,15 +287,20 @@ class DecisionModel(nn.Module):
         return count_parameters(self)
 
 
-def action_loss(model: DecisionModel, predictions: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+def action_loss(
+    model: DecisionModel, predictions: Tensor, targets: Tensor, mask: Tensor, total_steps: int | None = None
+) -> Tensor:
     """Mean loss over real (unpadded) steps. predictions [B, T, A]; targets [B, T, A] (model units) or
-    [B, T] indices; mask [B, T] bool. MSE for continuous actions (as DT), cross-entropy for discrete."""
+    [B, T] indices; mask [B, T] bool. MSE for continuous actions (as DT), cross-entropy for discrete.
+    `total_steps`: divide by this instead of the mask's count (the real steps of a larger batch these
+    rows are part of: data-parallel shares then add up to the whole batch's mean)."""
     weight = mask.to(predictions.dtype)
     if model.discrete:
         per_step = F.cross_entropy(predictions.flatten(0, 1), targets.long().flatten(), reduction="none")
     else:
         per_step = ((predictions - targets) ** 2).mean(dim=-1).flatten()
-    return (per_step * weight.flatten()).sum() / weight.sum().clamp_min(1.0)
+    count = weight.sum().clamp_min(1.0) if total_steps is None else max(total_steps, 1)
+    return (per_step * weight.flatten()).sum() / count
 
 
 def _vector(value: np.ndarray | Tensor | None, size: int, default: float) -> Tensor:

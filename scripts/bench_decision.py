@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,7 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "  tick   per-tick inference: DT-minGRU's step (--tokens, fused) against the classic DT, a\n"
             "         Transformer re-encoding its last K steps (--baseline-tokens, triple); each backbone's\n"
             "         step and window are reported, for every --batch size\n"
-            "  eval   wall time of N episodes with N parallel envs (give a trained CHECKPOINT for real lengths)"
+            "  eval   wall time of N episodes with N parallel envs (give a trained CHECKPOINT for real lengths)\n"
+            "  ddp    `recurrl train` under torchrun --nproc_per_node N against one process (steps/s, the\n"
+            "         first --backbones entry, --steps per run, --threads per process)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -33,7 +36,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_benchmark(args)
+    result = run_benchmark(args)
+    if args.json:
+        from pathlib import Path
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
 
 
@@ -41,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark options (read by agents.decision.benchmark)."""
     parser.add_argument(
         "what",
-        choices=["train", "tick", "eval", "d3rlpy"],
+        choices=["train", "tick", "eval", "d3rlpy", "ddp"],
         help="d3rlpy: our DT-Transformer against d3rlpy's at DT's settings (needs d3rlpy installed)",
     )
     parser.add_argument(
@@ -75,3 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--num-envs", type=int, default=10)
     parser.add_argument("--modes", nargs="+", default=["stateful"])
+    parser.add_argument(
+        "--amp",
+        choices=["on", "off", "both"],
+        default="on",
+        help="train, ddp: bf16 autocast on a GPU (the config default, on; ignored on the CPU); both: "
+        "each backbone with and without it (rows NAME-bf16 and NAME-fp32)",
+    )
+    parser.add_argument("--device", default="auto", help="train, ddp: auto | cpu | cuda")
+    parser.add_argument("--nproc", type=int, default=2, help="ddp: processes under torchrun")
+    parser.add_argument("--json", metavar="PATH", help="also write the result as JSON to PATH")

@@ -130,6 +130,27 @@ def resume_argument(args: argparse.Namespace, overrides: list[str]) -> str | Non
 
 
 def run(args: argparse.Namespace) -> int:
+    """Under torchrun every process runs this; rank 0 alone prints (the others' stdout goes nowhere,
+    their stderr stays for what only they can see)."""
+    import contextlib
+    import os
+    import sys
+
+    from recurrl.agents.distributed import DistributedError, PeerFailed
+
+    quiet = int(os.environ.get("RANK", "0")) > 0
+    with open(os.devnull, "w") if quiet else contextlib.nullcontext(sys.stdout) as out:
+        try:
+            with contextlib.redirect_stdout(out):
+                return _train(args)
+        except PeerFailed:
+            return 2  # rank 0 said why
+        except DistributedError as error:
+            print(f"recurrl train: error: {error}", file=sys.stderr)
+            return 1
+
+
+def _train(args: argparse.Namespace) -> int:
     from recurrl.agents.decision.trainer import DecisionTrainer
 
     config, resume = build_config(args)
@@ -138,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         f"run {trainer.run_dir}: {config.model.backbone} ({trainer.model.num_parameters():,} parameters, "
         f"{config.model.tokens} tokens, K={config.context_length}) on {trainer.dataset.name} "
         f"({len(trainer.dataset.episodes)} episodes, {trainer.dataset.num_steps:,} steps), device {trainer.device}"
+        + (f", {trainer.dist.world_size} processes ({trainer.dist.backend})" if trainer.dist.enabled else "")
     )
     results = trainer.train()
     if results is None:

@@ -22,49 +22,13 @@ from recurrl.agents.decision.evaluation import run_episodes
 from recurrl.agents.decision.model_io import EnvSpec, load_decision_checkpoint
 from recurrl.agents.decision.trainer import DecisionTrainer, lr_factor
 from recurrl.agents.run_loop import TrainingDiverged
-from recurrl.envs.episodes import Episode, OfflineDataset
+from recurrl.envs.episodes import Episode, OfflineDataset, random_action_dataset
 from recurrl.policies.decision import DecisionModel, DecisionModelConfig
 
 
 def collect(env_id: str, episodes: int, env_kwargs: dict | None = None, seed: int = 0) -> OfflineDataset:
     """A small dataset from random actions (so these tests do not depend on the embedded data)."""
-    env_kwargs = env_kwargs or {}
-    env = gym.make(env_id, **env_kwargs)
-    env.action_space.seed(seed)
-    out = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        rows: dict[str, list] = {"o": [], "a": [], "r": [], "te": [], "tr": []}
-        done = False
-        while not done:
-            action = env.action_space.sample()
-            rows["o"].append(obs)
-            rows["a"].append(action)
-            obs, reward, term, trunc, _ = env.step(action)
-            rows["r"].append(reward)
-            rows["te"].append(term)
-            rows["tr"].append(trunc)
-            done = term or trunc
-        out.append(
-            Episode(
-                np.array(rows["o"], np.float32),
-                np.array(rows["a"]),
-                np.array(rows["r"], np.float32),
-                np.array(rows["te"]),
-                np.array(rows["tr"]),
-                np.asarray(obs, np.float32),
-            )
-        )
-    return OfflineDataset(
-        f"random-{env_id}",
-        out,
-        env_id,
-        env.observation_space,
-        env.action_space,
-        env_kwargs,
-        ref_min_score=0.0,
-        ref_max_score=100.0,
-    )
+    return random_action_dataset(env_id, episodes, env_kwargs, seed, ref_scores=(0.0, 100.0))
 
 
 @pytest.fixture(scope="module")

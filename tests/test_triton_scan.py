@@ -1,8 +1,9 @@
-"""The fused Triton scan kernels, run on CPU by triton's interpreter (TRITON_INTERPRET=1).
+"""The fused Triton scan kernels, run on CPU by triton's interpreter (TRITON_INTERPRET=1), and on a
+CUDA GPU compiled for real when there is one (scripts/gpu_check.sh runs that test on a GPU machine).
 
 TRITON_INTERPRET is read when the kernels are decorated (at import), so the checks run in a child
 process that sets it before importing anything; the setting never leaks into other test modules.
-The same file is the child: `python tests/test_triton_scan.py <check>`.
+The same file is the child: `python tests/test_triton_scan.py <check> [device]`.
 """
 
 from __future__ import annotations
@@ -17,17 +18,35 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_child(check: str, env_extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_child(check: str, env_extra: dict[str, str], device: str = "cpu") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **env_extra, "PYTHONPATH": str(ROOT)}
+    if device != "cpu":
+        env.pop("TRITON_INTERPRET", None)  # compiled for the device, not interpreted
     return subprocess.run(
-        [sys.executable, __file__, check], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, __file__, check, device], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def test_triton_kernels_match_loop_forward_and_backward() -> None:
     """Gated and generic kernels, with/without h0 and resets, and both backbones on scan='triton'."""
     pytest.importorskip("triton")
     result = run_child("triton", {"TRITON_INTERPRET": "1"})  # one child: importing torch + triton is slow
+    assert result.returncode == 0, result.stdout + result.stderr
+    for check in ("gated", "generic", "backbone"):
+        assert f"ok {check}" in result.stdout
+
+
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh runs it on one)")
+def test_triton_kernels_on_the_gpu_match_loop_forward_and_backward() -> None:
+    """The same checks compiled for the real device (no interpreter): tensors on cuda."""
+    pytest.importorskip("triton")
+    result = run_child("triton", {}, device="cuda")
     assert result.returncode == 0, result.stdout + result.stderr
     for check in ("gated", "generic", "backbone"):
         assert f"ok {check}" in result.stdout
@@ -41,6 +60,9 @@ def test_importable_and_auto_without_triton() -> None:
 
 
 # --------------------------------------------------------------------------- the child process
+DEVICE = sys.argv[2] if __name__ == "__main__" and len(sys.argv) > 2 else "cpu"
+
+
 def _reference_grads(fn, inputs, grad_out):
     """Autograd of the loop backend: the reference for the kernel's custom backward."""
     import torch
@@ -63,6 +85,7 @@ def _check_gated() -> None:
     starts = torch.rand(batch, length, generator=gen) < 0.2
     starts[1, 0] = True
     grad_out = torch.randn(batch, length, hidden, generator=gen)
+    k, p, h0, starts, grad_out = (x.to(DEVICE) for x in (k, p, h0, starts, grad_out))
     for h0_arg, starts_arg in ((None, None), (h0, None), (h0, starts), (None, starts)):
         inputs = [k, p] + ([h0_arg] if h0_arg is not None else [])
 
@@ -94,6 +117,7 @@ def _check_generic() -> None:
     h0 = torch.randn(batch, hidden, generator=gen)
     starts = torch.rand(batch, length, generator=gen) < 0.25
     grad_out = torch.randn(batch, length, hidden, generator=gen)
+    a, b, h0, starts, grad_out = (x.to(DEVICE) for x in (a, b, h0, starts, grad_out))
     out, grads = _reference_grads(lambda a, b, h0: scan(a, b, h0, starts, "triton"), [a, b, h0], grad_out)
     ref_out, ref_grads = _reference_grads(
         lambda a, b, h0: scan(a, b, h0, starts, "loop"), [a, b, h0], grad_out
@@ -111,10 +135,10 @@ def _check_backbone() -> None:
 
     torch.manual_seed(2)
     for name in ("mingru", "minlstm"):
-        model = make_backbone(name, 3, 8, num_layers=2, scan="triton").eval()
-        x = torch.randn(2, 7, 3)
-        state = (torch.randn(2, 2, 8),)
-        starts = torch.tensor([[False, False, True, False, False, False, False], [True] + [False] * 6])
+        model = make_backbone(name, 3, 8, num_layers=2, scan="triton").eval().to(DEVICE)
+        x = torch.randn(2, 7, 3, device=DEVICE)
+        state = (torch.randn(2, 2, 8, device=DEVICE),)
+        starts = torch.tensor([[False, False, True, False, False, False, False], [True] + [False] * 6], device=DEVICE)
         y, final = model(x, state, starts)
         ys, s = [], state
         for t in range(7):

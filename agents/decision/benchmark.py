@@ -3,6 +3,7 @@
     recurrl bench-decision train      # train steps/s, minGRU vs Transformer, same size
     recurrl bench-decision tick       # per-tick inference: minGRU step vs classic DT's window re-encode
     recurrl bench-decision eval [CHECKPOINT]   # wall time of 10 Hopper episodes, 10 envs
+    recurrl bench-decision ddp        # torchrun --nproc_per_node 2 against one process (ddp_benchmark.py)
 
 Timings on a shared CPU are noisy: backbones are measured interleaved, in rounds, and medians are
 reported.
@@ -27,7 +28,10 @@ from .model_io import build_model, model_kwargs
 def _config(backbone: str, args: argparse.Namespace, tokens: str | None = None) -> DecisionConfig:
     """The model under test. `tokens` defaults to `--tokens`, else DT's triple layout (train, eval)."""
     config = DecisionConfig(
-        dataset=args.dataset, context_length=args.context_length, batch_size=args.batch_size
+        dataset=args.dataset,
+        context_length=args.context_length,
+        batch_size=args.batch_size,
+        device=getattr(args, "device", "auto"),
     )
     config.model.backbone, config.model.hidden_dim, config.model.num_layers = (
         backbone,
@@ -45,11 +49,17 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     dataset = load_training_dataset(args.dataset)
     trainers = {}
     runs_dir = tempfile.mkdtemp(prefix="recurrl-bench-")  # the trainer writes config.json there
-    for name in args.backbones:
+    amp = getattr(args, "amp", "on")
+    variants = [(name, None) for name in args.backbones] if amp != "both" else [
+        (name, suffix) for name in args.backbones for suffix in ("bf16", "fp32")
+    ]
+    for name, suffix in variants:
+        key = name if suffix is None else f"{name}-{suffix}"
         config = _config(name, args)
-        config.runs_dir, config.run_name = runs_dir, name
-        trainers[name] = DecisionTrainer(config, dataset, show_progress=False)
-    times: dict[str, list[float]] = {name: [] for name in args.backbones}
+        config.runs_dir, config.run_name = runs_dir, key
+        config.amp = amp == "on" or suffix == "bf16"
+        trainers[key] = DecisionTrainer(config, dataset, show_progress=False)
+    times: dict[str, list[float]] = {name: [] for name in trainers}
     for trainer in trainers.values():  # warm-up
         for _ in range(3):
             trainer.train_step()
@@ -64,12 +74,15 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
             "steps_per_sec_median": statistics.median(v),
             "rounds": v,
             "parameters": trainers[name].model.num_parameters(),
+            "amp": trainers[name].amp,  # bf16 autocast in effect (on a GPU only)
         }
         for name, v in times.items()
     }
-    if "mingru" in result and "transformer" in result:
-        ratios = [a / b for a, b in zip(times["mingru"], times["transformer"], strict=True)]
-        result["mingru_over_transformer_median_ratio"] = statistics.median(ratios)
+    for suffix in ("", "-bf16", "-fp32"):
+        if f"mingru{suffix}" in result and f"transformer{suffix}" in result:
+            ratios = [a / b for a, b in zip(times[f"mingru{suffix}"], times[f"transformer{suffix}"], strict=True)]
+            result[f"mingru_over_transformer{suffix.replace('-', '_')}_median_ratio"] = statistics.median(ratios)
+    result["device"] = str(next(iter(trainers.values())).device)
     shutil.rmtree(runs_dir, ignore_errors=True)
     return result
 
@@ -228,7 +241,10 @@ def bench_d3rlpy(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    result = {"train": bench_train, "tick": bench_tick, "eval": bench_eval, "d3rlpy": bench_d3rlpy}[args.what](args)
+    from .ddp_benchmark import bench_ddp
+
+    benches = {"train": bench_train, "tick": bench_tick, "eval": bench_eval, "d3rlpy": bench_d3rlpy, "ddp": bench_ddp}
+    result = benches[args.what](args)
     out = {"benchmark": args.what, "threads": torch.get_num_threads(), **result}
     print(json.dumps(out, indent=2))
     return out

@@ -55,7 +55,10 @@ class DecisionConfig:
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
     # torch CPU threads (0 = torch's default, all cores). 1 by default: these models are too small for
     # intra-op parallelism to pay, and on a busy machine 2 spinning threads ran ~20x slower than 1.
-    num_threads: int = 1
+    num_threads: int = 1  # per process under torchrun
+    # Processes training together: recorded from the launch (torchrun's WORLD_SIZE), not set here; a value
+    # given is replaced. batch_size stays the global batch, so a config means the same at any world size.
+    world_size: int = 1
     model: ModelConfig = field(default_factory=ModelConfig)
     context_length: int = 20  # K timesteps per training segment
     burn_in: int = 0  # steps before each segment that only warm up the state (no loss)

@@ -73,10 +73,21 @@ class SegmentSampler:
 
     def sample(self, batch_size: int) -> Batch:
         """A batch of `batch_size` segments, each `burn_in + context_length` steps long."""
+        return self.segments(*self._draw(batch_size))
+
+    def sample_rows(self, batch_size: int, rows: slice) -> tuple[Batch, int]:
+        """Rows `rows` of the batch `sample(batch_size)` would give (same draws, same RNG use), and the
+        number of loss steps in the whole batch: a data-parallel rank's share and its loss normalizer."""
+        episode, start = self._draw(batch_size)
+        # A segment's loss steps: from its start to the episode's end, at most context_length.
+        loss_steps = int(np.minimum(self.context_length, self.lengths[episode] - start).sum())
+        return self.segments(episode[rows], start[rows]), loss_steps
+
+    def _draw(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         episode = self.rng.choice(len(self.lengths), size=batch_size, p=self.episode_probs)
         # Each segment starts uniformly in [0, length) of its episode.
         start = (self.rng.random(batch_size) * self.lengths[episode]).astype(np.int64)
-        return self.segments(episode, start)
+        return episode, start
 
     def segments(self, episode: np.ndarray, start: np.ndarray) -> Batch:
         """The segments of episodes `episode` [B] (indices) starting at steps `start` [B], as in `sample`."""

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from recurrl.agents import evaluation
+from recurrl.agents.distributed import Distributed
 from recurrl.envs.vector import make_vector_env
 from recurrl.policies.decision import DecisionModel
 
@@ -64,20 +65,28 @@ def run_episodes(
     mode: Mode = "stateful",
     context_length: int = 20,
     device: torch.device | str = "cpu",
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Run `episodes` episodes conditioned on `target_return` -> returns, lengths, wall time."""
+    """Run `episodes` episodes conditioned on `target_return` -> returns, lengths, wall time.
+    `shard` = (rank, world_size): play only that process's env slots (agents.evaluation.Slots)."""
     if mode not in ("stateful", "window"):
         raise ValueError(f"evaluation mode must be 'stateful' or 'window', got {mode!r}")
     if episodes <= 0 or num_envs <= 0:
         raise ValueError(f"episodes and num_envs must be positive, got {episodes}, {num_envs}")
+    n = min(num_envs, episodes)
+    slots = None if shard is None else evaluation.Slots(n, *shard)
+    if slots is not None:
+        n = len(slots.indices)
+        if n == 0:  # more processes than env slots: this one has nothing to play
+            empty = {"returns": [], "lengths": [], "order": [], "env_steps": 0, "wall_time_s": 0.0}
+            return {"target_return": float(target_return), **empty, "seeds": [seed]}
     was_training = model.training
     model.eval()
-    n = min(num_envs, episodes)
     envs = make_vector_env(spec.env_id, n, env_kwargs=spec.env_kwargs)
     try:
         spec.check_env(envs)
         actor = DecisionActor(model, n, target_return, mode, context_length, torch.device(device))
-        result = evaluation.run_episodes(envs, actor, episodes, seed)
+        result = evaluation.run_episodes(envs, actor, episodes, seed, slots)
     finally:
         envs.close()
         model.train(was_training)
@@ -151,15 +160,22 @@ def evaluate_model(
     mode: Mode = "stateful",
     context_length: int = 20,
     device: torch.device | str = "cpu",
+    dist: Distributed | None = None,
 ) -> dict[str, Any]:
     """Evaluate for each target return -> {"targets": [summary per target], "score": ...}.
 
     `score` (used to pick the best checkpoint) is the best mean normalized score over the targets,
-    or the best mean return when the dataset has no reference scores.
+    or the best mean return when the dataset has no reference scores. With `dist` (data-parallel), each
+    process plays its share of the env slots and every process gets the whole result.
     """
     per_target = []
     for target in target_returns:
-        result = run_episodes(model, spec, target, episodes, num_envs, seed, mode, context_length, device)
+        if dist is None or not dist.enabled:
+            result = run_episodes(model, spec, target, episodes, num_envs, seed, mode, context_length, device)
+        else:
+            shard = (dist.rank, dist.world_size)
+            part = run_episodes(model, spec, target, episodes, num_envs, seed, mode, context_length, device, shard)
+            result = evaluation.merge_slots(dist.all_gather(part, "gathering the evaluation episodes"))
         per_target.append(summarize(result, spec))
     key = "normalized_score_mean" if per_target[0]["normalized_score_mean"] is not None else "return_mean"
     return {"mode": mode, "targets": per_target, "score": max(t[key] for t in per_target)}

@@ -13,6 +13,12 @@ run loop's (agents/run_loop.py); this file says what one training step and an ev
 restores model, optimizer, scheduler, RNG, sampler and step, so N straight steps and N/2 + resume + N/2
 give the same weights.
 
+Under `torchrun --nproc_per_node N` (agents/distributed.py) every process draws the same global batch
+from the same seeded sampler and trains on its contiguous batch_size / N rows; each loss is its share of
+the whole batch's mean, DistributedDataParallel sums the gradients, so the weights follow a one-process
+run to float tolerance (with dropout, each rank draws its own masks, seeded per step and rank). Rank 0
+alone writes the run directory; evaluations split their env slots over the processes.
+
 With `ema_decay > 0` the checkpoints' model weights are the moving average (what evaluation and
 deployment use); the raw training weights travel in train.safetensors under `train_model/`.
 """
@@ -32,7 +38,8 @@ from tqdm.auto import tqdm
 
 from recurrl.agents.checkpoint import CheckpointError, load_weights_strict, read_meta
 from recurrl.agents.config import to_dict
-from recurrl.agents.devices import fused_optimizer_options, resolve_device
+from recurrl.agents.devices import fused_optimizer_options
+from recurrl.agents.distributed import Distributed
 from recurrl.agents.run_dir import jsonable, timestamped
 from recurrl.agents.run_loop import Run, RunSpec, Snapshot
 from recurrl.envs.episodes import OfflineDataset
@@ -42,14 +49,14 @@ from recurrl.policies.decision import DecisionModel, action_loss
 from .config import DecisionConfig
 from .data import SegmentSampler
 from .evaluation import evaluate_model, format_summary
-from .model_io import KIND, EnvSpec, build_model, model_kwargs
+from .model_io import KIND, EnvSpec, build_model, load_decision_checkpoint, model_kwargs
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
 # Keys that may differ between the original run and `--resume` (everything else must match).
 RESUMABLE_CHANGES = frozenset(
-    {"steps", "log_every", "checkpoint_every", "eval", "device", "num_threads", "runs_dir", "run_name"}
+    {"steps", "log_every", "checkpoint_every", "eval", "device", "num_threads", "runs_dir", "run_name", "world_size"}
 )
 
 
@@ -82,27 +89,31 @@ class DecisionTrainer:
         dataset: OfflineDataset | None = None,
         resume: bool = False,
         show_progress: bool = True,
+        dist: Distributed | None = None,
     ) -> None:
         config.validate()
         self.config = config
-        self.device = resolve_device(config.device)
+        self.dist = dist or Distributed.from_env(config.device)  # one process unless torchrun started more
+        self.dist.check_batch(config.batch_size)
+        config.world_size = self.dist.world_size
+        self.device = self.dist.device
         if config.num_threads > 0:
             torch.set_num_threads(config.num_threads)
         self.run_dir = Path(config.runs_dir) / (config.run_name or default_run_name(config))
         self.ckpt_dir = self.run_dir / "checkpoints"
         spec = RunSpec(
             kind=KIND,
-            command="recurrl train",
+            command=self.dist.resume_command("recurrl train"),
             fresh_name="--run-name NAME",
             resumable=RESUMABLE_CHANGES,
             total_steps=config.steps,
             checkpoint_every=config.checkpoint_every,
             log_every=config.log_every,
-            progress=show_progress,
+            progress=show_progress and self.dist.is_main,
             postfix={"loss": "train/loss"},
             diverged_hint="try a lower lr or a stronger grad_clip",
         )
-        self.run = Run(self.run_dir, config, spec, resume)
+        self.run = Run(self.run_dir, config, spec, resume, self.dist)
         try:
             self._build(dataset)
             self.run.resume(self)
@@ -119,6 +130,7 @@ class DecisionTrainer:
         self._resolve_targets()
         self.model_kwargs = model_kwargs(config, self.dataset)
         self.model: DecisionModel = build_model(self.model_kwargs).to(self.device)
+        self.forward_model = self.dist.wrap(self.model)  # DistributedDataParallel under torchrun
         # The weights that are evaluated, checkpointed and deployed: an average of the model's, or the model.
         self.ema: DecisionModel | None = None
         if config.ema_decay > 0:
@@ -221,16 +233,26 @@ class DecisionTrainer:
 
     # ------------------------------------------------------------------ training
     def train_step(self) -> float:
-        """One optimizer step; its loss (the run loop stops on a non-finite one, saving nothing)."""
-        batch = self.sampler.sample(self.config.batch_size).to(self.device)
+        """One optimizer step; its loss (the run loop stops on a non-finite one, saving nothing). Under
+        torchrun, this process's share of the loss (the run loop sums the shares)."""
+        size, total_steps = self.config.batch_size, None
+        if self.dist.enabled:
+            batch, total_steps = self.sampler.sample_rows(size, self.dist.rows(size))
+            torch.manual_seed(self.dist.step_seed(self.config.seed, self.step))
+        else:
+            batch = self.sampler.sample(size)
+        batch = batch.to(self.device)
         model = self.model
         model.train()
         targets = model.normalize_actions(batch.actions)
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            pred, _ = model(batch.returns_to_go, batch.states, targets, batch.timesteps, batch.episode_starts)
-        loss = action_loss(model, pred.float(), targets, batch.loss_mask)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with self.dist.collective("the gradient all-reduce"):
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                pred, _ = self.forward_model(
+                    batch.returns_to_go, batch.states, targets, batch.timesteps, batch.episode_starts
+                )
+            loss = action_loss(model, pred.float(), targets, batch.loss_mask, total_steps)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.grad_clip)
         self.optimizer.step()
@@ -274,6 +296,7 @@ class DecisionTrainer:
                 mode or ev.mode,
                 self.config.context_length,
                 self.device,
+                self.dist,
             )
 
     def train(self, until: int | None = None) -> dict[str, Any] | None:
@@ -304,20 +327,20 @@ class DecisionTrainer:
         if result["score"] > self.best_score:
             self.best_score, self.best_step = result["score"], self.step
             self.save("best")
-        tqdm.write(f"step {self.step}: eval {format_summary(first)}")
+        if self.dist.is_main:
+            tqdm.write(f"step {self.step}: eval {format_summary(first)}")
         return _eval_scalars(first)
 
     def results(self, writer: SummaryWriter) -> dict[str, Any]:
         """Final evaluation of the last and the best checkpoint (results.json's own part)."""
-        from .model_io import load_decision_checkpoint
-
         cfg = self.config
-        try:
-            read_meta(self.ckpt_dir / "best")
-        except CheckpointError:
-            # No periodic evaluation ran: the last checkpoint is the only candidate.
-            self.run.copy_last_to("best")
-            self.best_step = self.step
+        if self.dist.is_main:
+            try:
+                read_meta(self.ckpt_dir / "best")
+            except CheckpointError:
+                # No periodic evaluation ran: the last checkpoint is the only candidate.
+                self.run.copy_last_to("best")
+                self.best_step = self.step
         results: dict[str, Any] = {
             "kind": KIND,
             "run_dir": str(self.run_dir),
@@ -325,20 +348,41 @@ class DecisionTrainer:
             "backbone": cfg.model.backbone,
             "num_parameters": self.model.num_parameters(),
             "steps": self.step,
+            "world_size": self.dist.world_size,
             "config": to_dict(cfg),
             "history": self.history,
             "checkpoints": {},
         }
         for name in ("last", "best"):
-            model, meta = load_decision_checkpoint(self.ckpt_dir / name, self.device)
+            model, meta = self._load_checkpoint(name)
             result = self.evaluate(cfg.eval.episodes, model=model)
             result["step"] = int(meta["step"])
             results["checkpoints"][name] = result
-            for summary in result["targets"]:
+            for summary in result["targets"] if self.dist.is_main else []:
                 print(f"[{name} @ step {meta['step']}] {format_summary(summary)}")
         for tag, value in _eval_scalars(results["checkpoints"]["last"]["targets"][0]).items():
             writer.add_scalar(tag, value, self.step)
         return results
+
+
+    def _load_checkpoint(self, name: str) -> tuple[DecisionModel, dict[str, Any]]:
+        """checkpoints/NAME as an evaluation model; under torchrun rank 0 reads it and sends it to the
+        others (only rank 0 touches the run directory, so other nodes need no shared disk)."""
+        if not self.dist.enabled:
+            return load_decision_checkpoint(self.ckpt_dir / name, self.device)
+        loaded: list[DecisionModel] = []
+
+        def read() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+            model, meta = load_decision_checkpoint(self.ckpt_dir / name, self.device)
+            loaded.append(model)
+            return {k: v.cpu() for k, v in model.state_dict().items()}, meta
+
+        tensors, meta = self.dist.from_main(read, f"reading checkpoints/{name}")
+        if loaded:
+            return loaded[0], meta
+        model = build_model(meta["model_kwargs"])
+        load_weights_strict(model, tensors, f"checkpoints/{name} from rank 0")
+        return model.to(self.device).eval(), meta
 
 
 def _eval_scalars(summary: dict[str, Any]) -> dict[str, float]:
