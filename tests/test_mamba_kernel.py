@@ -25,9 +25,10 @@ from recurrl.policies.backbones.kernels.selective_scan import (
 
 pytest.importorskip("numba")
 
-from recurrl.policies.backbones.kernels.numba_mamba import CHUNK, fast_exp, fast_exp2  # noqa: E402
+from recurrl.policies.backbones.kernels.numba_mamba import CHUNK  # noqa: E402
+from recurrl.policies.backbones.kernels.numba_math import fast_exp, fast_exp2  # noqa: E402
 
-NAMES = ("x", "delta", "A", "B", "C", "D", "h0")
+NAMES = ("x", "delta", "A", "B", "C", "D", "h0", "z", "delta_bias")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -49,35 +50,47 @@ def _scan_inputs(batch: int, length: int, inner: int, n_state: int, dtype=torch.
     c = torch.randn(batch, length, n_state, dtype=dtype, generator=g)
     d = torch.randn(inner, dtype=dtype, generator=g)
     h0 = torch.randn(batch, inner, n_state, dtype=dtype, generator=g)
+    z = torch.randn(batch, length, inner, dtype=dtype, generator=g) * 2
+    delta_bias = torch.randn(inner, dtype=dtype, generator=g)
     starts = torch.rand(batch, length, generator=g) < 0.15
     starts[0] = False  # one row carries h0 through the whole sequence
     if batch > 1:
         starts[1, 0] = True
         starts[1, length // 2 : length // 2 + 2] = True
         starts[1, -1] = True
-    return [x, delta, a, b, c, d, h0], starts
+    return [x, delta, a, b, c, d, h0, z, delta_bias], starts
 
 
-def _run(backend: str, inputs, starts, seed: int = 1):
+def _scan(inputs, starts, backend: str = "numba", fused: bool = True):
+    """selective_scan on [x, delta, A, B, C, D, h0, z, delta_bias]; fused=False leaves z and delta_bias out."""
+    z, delta_bias = inputs[7:] if fused else (None, None)
+    return selective_scan(*inputs[:7], starts=starts, backend=backend, z=z, delta_bias=delta_bias)
+
+
+def _run(backend: str, inputs, starts, seed: int = 1, fused: bool = True):
     """Forward, then backward of a random weighting of y and h_T -> [y, h_T, grads of NAMES]."""
     leaves = [t.detach().clone().requires_grad_() for t in inputs]
-    y, h_last = selective_scan(*leaves, starts=starts, backend=backend)
+    y, h_last = _scan(leaves, starts, backend, fused)
     g = torch.Generator().manual_seed(seed)
     gy = torch.randn(y.shape, dtype=torch.float64, generator=g).to(y.dtype)  # the same in fp32 and fp64
     gh = torch.randn(h_last.shape, dtype=torch.float64, generator=g).to(y.dtype)
     ((y * gy).sum() + (h_last * gh).sum()).backward()
-    return [y, h_last] + [leaf.grad for leaf in leaves]
+    return [y, h_last] + [leaf.grad for leaf in (leaves if fused else leaves[:7])]
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["softplus-gate", "plain"])
 @pytest.mark.parametrize(
     ("batch", "length", "inner", "n_state"),
     [(3, 37, 12, 5), (2, CHUNK, 8, 16), (2, 1, 4, 3), (4, 3 * CHUNK + 1, 16, 4)],
 )
-def test_scan_equals_mambapy_forward_and_gradients_fp64(batch, length, inner, n_state):
+def test_scan_equals_mambapy_forward_and_gradients_fp64(batch, length, inner, n_state, fused):
+    """With and without the fused delta bias + softplus and gate (z)."""
     inputs, starts = _scan_inputs(batch, length, inner, n_state)
-    kernel = _run("numba", inputs, starts)
-    reference = _run("mambapy", inputs, starts)
-    for name, got, want in zip(["y", "h_T", *[f"d{n}" for n in NAMES]], kernel, reference, strict=True):
+    inputs[1] = inputs[1] * 30 - 5  # pre-softplus deltas on both sides of torch's threshold (20)
+    kernel = _run("numba", inputs, starts, fused=fused)
+    reference = _run("mambapy", inputs, starts, fused=fused)
+    names = NAMES if fused else NAMES[:7]
+    for name, got, want in zip(["y", "h_T", *[f"d{n}" for n in names]], kernel, reference, strict=True):
         assert got is not None, name
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, msg=name)
 
@@ -99,8 +112,8 @@ def test_scan_reset_forgets_everything_before():
     changed[0][0, :12] += 1.0  # x before the reset
     changed[6] += 1.0  # and h0
     with torch.no_grad():
-        y, h = selective_scan(*inputs, starts=starts, backend="numba")
-        y2, h2 = selective_scan(*changed, starts=starts, backend="numba")
+        y, h = _scan(inputs, starts)
+        y2, h2 = _scan(changed, starts)
     assert (y[0, :12] - y2[0, :12]).abs().max() > 1e-3
     torch.testing.assert_close(y[0, 12:], y2[0, 12:], rtol=0, atol=0)
     torch.testing.assert_close(h, h2, rtol=0, atol=0)
@@ -111,7 +124,7 @@ def test_loop_reference_equals_mambapy():
     with torch.no_grad():
         for got, want in zip(
             selective_scan_loop(*inputs, starts), selective_scan_mambapy(*inputs, starts), strict=True
-        ):
+        ):  # both take [x, delta, A, B, C, D, h0, z, delta_bias], starts
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -120,9 +133,9 @@ def test_double_backward_goes_through_the_loop_reference():
     the loop, so second derivatives work and equal the loop's own."""
     inputs, starts = _scan_inputs(2, 9, 4, 3)
     results = []
-    for scan in (lambda *t: selective_scan(*t, starts=starts, backend="numba"), selective_scan_loop):
+    for scan in (lambda *t: _scan(list(t), starts), lambda *t: selective_scan_loop(*t, starts)):
         leaves = [t.detach().clone().requires_grad_() for t in inputs]
-        y, h = scan(*leaves) if scan is not selective_scan_loop else scan(*leaves, starts)
+        y, h = scan(*leaves)
         grads = torch.autograd.grad(y.square().sum() + h.sum(), leaves, create_graph=True)
         results.append(torch.autograd.grad(sum(g.square().sum() for g in grads), leaves))
     for got, want in zip(*results, strict=True):
@@ -135,10 +148,10 @@ def test_forward_mode_ad_runs_the_loop_reference():
     inputs, starts = _scan_inputs(2, 7, 4, 3)
     tangent = torch.randn_like(inputs[0])
     with fwAD.dual_level():
-        y, _ = selective_scan(fwAD.make_dual(inputs[0], tangent), *inputs[1:], starts=starts, backend="numba")
+        y, _ = _scan([fwAD.make_dual(inputs[0], tangent), *inputs[1:]], starts)
         jvp = fwAD.unpack_dual(y).tangent
     x = inputs[0].clone().requires_grad_()  # the same directional derivative, by reverse mode
-    y_ref, _ = selective_scan(x, *inputs[1:], starts=starts, backend="mambapy")
+    y_ref, _ = _scan([x, *inputs[1:]], starts, backend="mambapy")
     (jvp_ref,) = torch.autograd.grad(y_ref, x, torch.ones_like(y_ref), create_graph=False)
     torch.testing.assert_close((jvp * torch.ones_like(jvp)).sum(), (jvp_ref * tangent).sum())
 
@@ -279,13 +292,13 @@ def test_nan_input_gives_visible_nan_not_a_crash(scan):
 
 def test_mismatched_shapes_are_rejected_before_the_kernel():
     inputs, starts = _scan_inputs(2, 5, 4, 3)
-    for i, name in enumerate(["x", "delta", "A", "B", "C", "D", "h0"]):
+    for i in range(len(NAMES)):
         bad = list(inputs)
-        bad[i] = bad[i][..., :-1] if bad[i].ndim > 1 or name == "D" else bad[i]
+        bad[i] = bad[i][..., :-1]
         with pytest.raises(ValueError):
-            selective_scan(*bad, starts=starts, backend="numba")
+            _scan(bad, starts)
     with pytest.raises(ValueError, match="episode_starts"):
-        selective_scan(*inputs, starts=starts[:, :-1], backend="numba")
+        _scan(inputs, starts[:, :-1])
     with pytest.raises(ValueError, match="carried"):
         conv_silu(
             torch.randn(2, 5, 4), torch.randn(2, 2, 4), torch.randn(4, 4), torch.randn(4), starts, "numba"

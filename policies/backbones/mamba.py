@@ -151,24 +151,29 @@ class MambaBackbone(Backbone):
         if use_kernel:
             y, new_ssm_state = self._selective_scan_cuda(mixer, xs, z)
         else:
-            y, new_ssm_state = self._selective_scan(mixer, xs, ssm_state, starts)
-            y = y * F.silu(z)
+            y, new_ssm_state = self._selective_scan(mixer, xs, z, ssm_state, starts)
         return mixer.out_proj(y), new_conv_state, new_ssm_state
 
     def _ssm_inputs(self, mixer: MambaBlock, xs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """xs: [..., ED] -> delta [..., ED] (softplus applied), A [ED, N], B [..., N], C [..., N], D [ED]."""
         cfg = self.config
         dt, b, c = torch.split(mixer.x_proj(xs), [cfg.dt_rank, cfg.d_state, cfg.d_state], dim=-1)
-        delta = F.softplus(_dt_proj(mixer.dt_proj, dt))
+        delta = F.softplus(mixer.dt_proj(dt))
         return delta, -torch.exp(mixer.A_log), b, c, mixer.D
 
     def _selective_scan(
-        self, mixer: MambaBlock, xs: Tensor, h0: Tensor, starts: Tensor
+        self, mixer: MambaBlock, xs: Tensor, z: Tensor, h0: Tensor, starts: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """xs: [B, T, ED], h0: [B, ED, N], starts [B, T] -> (y [B, T, ED], h_T [B, ED, N])."""
-        delta, a, b, c, d = self._ssm_inputs(mixer, xs)
+        """xs, z: [B, T, ED], h0: [B, ED, N], starts [B, T] -> (y * silu(z) [B, T, ED], h_T [B, ED, N]).
+
+        As mamba_ssm's kernel, the scan takes dt_proj's output without its bias and applies bias +
+        softplus itself, and the gate z: fused in the CPU kernel."""
+        cfg = self.config
+        dt, b, c = torch.split(mixer.x_proj(xs), [cfg.dt_rank, cfg.d_state, cfg.d_state], dim=-1)
+        delta = _dt_proj_weight(mixer.dt_proj, dt)  # [B, T, ED]
+        a, bias = -torch.exp(mixer.A_log), mixer.dt_proj.bias
         # The scan runs in at least fp32 (bf16 products would drift over long sequences).
-        y, h_last = selective_scan(xs, delta, a, b, c, d, h0, starts, self.scan)
+        y, h_last = selective_scan(xs, delta, a, b, c, mixer.D, h0, starts, self.scan, z=z, delta_bias=bias)
         return y.to(xs.dtype), h_last
 
     def _selective_scan_cuda(self, mixer: MambaBlock, xs: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -230,33 +235,31 @@ class MambaBackbone(Backbone):
 
 
 class _NarrowLinear(torch.autograd.Function):
-    """x @ W^T + b for a narrow x ([..., R], R = dt_rank, e.g. 8), with the weight's gradient taken as
+    """x @ W^T for a narrow x ([..., R], R = dt_rank, e.g. 8), with the weight's gradient taken as
     (x^T g)^T: autograd's g^T x reads g [B*T, ED] transposed and, at R = 8, costs 10x more on CPU
     (measured 87 vs 8 ms at B*T = 16384, ED = 256)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor, weight: Tensor) -> Tensor:
         ctx.save_for_backward(x, weight)
-        return F.linear(x, weight, bias)
+        return F.linear(x, weight)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
         x, weight = ctx.saved_tensors
         g2, x2 = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
-        return grad @ weight, (x2.t() @ g2).t(), g2.sum(0)
+        return grad @ weight, (x2.t() @ g2).t()
 
 
-def _dt_proj(layer: nn.Linear, dt: Tensor) -> Tensor:
-    """layer(dt): [B, T, R] -> [B, T, ED]; the narrow-input backward where it is the faster one (CPU
-    training without autocast, whose casts it would skip), the plain call elsewhere."""
-    if (
-        dt.ndim == 3
-        and dt.device.type == "cpu"
-        and torch.is_grad_enabled()
-        and not torch.is_autocast_enabled("cpu")
-    ):
-        return _NarrowLinear.apply(dt, layer.weight, layer.bias)
-    return layer(dt)
+def _dt_proj_weight(layer: nn.Linear, dt: Tensor) -> Tensor:
+    """dt @ layer.weight^T, no bias: [B, T, R] -> [B, T, ED]; the narrow-input backward where it is the
+    faster one (CPU training without autocast, whose casts it would skip)."""
+    cpu = dt.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+    return (
+        _NarrowLinear.apply(dt, layer.weight)
+        if cpu and torch.is_grad_enabled()
+        else F.linear(dt, layer.weight)
+    )
 
 
 def _check_options(d_state: int, d_conv: int, expand: int) -> None:

@@ -20,7 +20,8 @@ import torch
 from numba import njit
 from torch import Tensor
 
-from .numba_mamba import JIT, _sigmoid, reference_backward
+from .numba_mamba import reference_backward
+from .numba_math import JIT, silu, silu_grad
 from .numba_rows import row_chunks, run_parallel
 
 
@@ -66,7 +67,7 @@ def conv_forward(
                 first = t
             _pre_activation(b, t, first, xc, state, w_t, bias, pre)
             for e in range(inner):
-                out[b, t, e] = pre[e] * _sigmoid(pre[e])  # silu
+                out[b, t, e] = silu(pre[e])
 
 
 @njit(**JIT)
@@ -95,8 +96,7 @@ def conv_backward(
                 first = t
             _pre_activation(b, t, first, xc, state, w_t, bias, pre)
             for e in range(inner):
-                sig = _sigmoid(pre[e])
-                dpre[e] = dout[b, t, e] * (sig + pre[e] * (sig - sig * sig))  # silu' = s (1 + v (1 - s))
+                dpre[e] = dout[b, t, e] * silu_grad(pre[e])
                 dbias[e] += dpre[e]
             for j in range(k):
                 s = t - (k - 1) + j

@@ -23,7 +23,7 @@ import torch
 from numba import njit
 from torch import Tensor, nn
 
-from .numba_mamba import _ONE, JIT, fast_exp
+from .numba_math import JIT, fast_exp, silu, softplus
 from .numba_step import ParamTable, _linear, _param
 
 # Per block: one row of SLOTS indices into the address table (-1: absent).
@@ -31,9 +31,6 @@ NORM_W, IN_W, IN_B, CONV_W, CONV_B, XPROJ_W, DT_W, DT_B, A_LOG, D_SKIP, OUT_W, O
 SLOTS = 12
 # Around the blocks: input projection and final RMSNorm.
 INPUT_W, INPUT_B, NORM_F_W = range(3)
-_SOFTPLUS_THRESHOLD = np.float32(20.0)  # torch's default: softplus(v) = v above it
-_ZERO, _TWO = np.float32(0.0), np.float32(2.0)
-_C3, _C5, _C7, _C9, _C11, _C13 = (np.float32(1.0 / k) for k in (3, 5, 7, 9, 11, 13))
 
 
 @njit(**JIT)
@@ -53,24 +50,6 @@ def _rms_norm(ws: np.ndarray, w_i: int, x: np.ndarray, eps: float) -> np.ndarray
 
 
 @njit(**JIT)
-def _silu(v: np.float32) -> np.float32:
-    return v / (_ONE + fast_exp(-v))
-
-
-@njit(**JIT)
-def _softplus(v: np.float32) -> np.float32:
-    """torch's softplus (v above 20, else log(1 + exp(v))) as max(v, 0) + log1p(exp(-|v|)), branch free so
-    a loop over it vectorizes. log1p(u) = 2 atanh(s), s = u / (2 + u) <= 1/3, by its series to s^13
-    (relative error < 2e-8): libm's log1p and exp are scalar calls, 20x slower per tick."""
-    u = fast_exp(-abs(v))
-    s = u / (_TWO + u)
-    s2 = s * s
-    series = _ONE + s2 * (_C3 + s2 * (_C5 + s2 * (_C7 + s2 * (_C9 + s2 * (_C11 + s2 * _C13)))))
-    out = max(v, _ZERO) + _TWO * s * series
-    return v if v > _SOFTPLUS_THRESHOLD else out
-
-
-@njit(**JIT)
 def _conv_silu(
     ws: np.ndarray, slot: np.ndarray, xz: np.ndarray, conv: np.ndarray, conv_new: np.ndarray, layer: int
 ) -> np.ndarray:
@@ -87,7 +66,7 @@ def _conv_silu(
             for e in range(inner):
                 xs[b, e] += weight[e, j] * conv[b, layer, e, j]
         for e in range(inner):
-            xs[b, e] = _silu(xs[b, e])
+            xs[b, e] = silu(xs[b, e])
         for e in range(inner):
             for j in range(taps - 2):
                 conv_new[b, layer, e, j] = conv[b, layer, e, j + 1]
@@ -123,7 +102,7 @@ def _ssm_update(
         b_in, c_in = dbc[b, rank : rank + n_state], dbc[b, rank + n_state :]
         h_old, h_new = ssm[b, layer], ssm_new[b, layer]
         for e in range(inner):
-            delta[b, e] = _softplus(delta[b, e])
+            delta[b, e] = softplus(delta[b, e])
         for e in range(inner):
             dl = delta[b, e]
             dbx = dl * xs[b, e]
@@ -134,7 +113,7 @@ def _ssm_update(
                 acc += h * c_in[n]
             y[b, e] = acc
         for e in range(inner):
-            y[b, e] *= _silu(xz[b, inner + e])
+            y[b, e] *= silu(xz[b, inner + e])
     return y
 
 

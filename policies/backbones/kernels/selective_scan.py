@@ -1,8 +1,9 @@
 """Mamba's two sequence ops, each behind one call with resets and a carried state, a backend per device.
 
-Selective scan (`selective_scan`):
+Selective scan (`selective_scan`), with mamba_ssm's options: delta_bias (delta := softplus(delta +
+delta_bias)) and the gate z (y := y * silu(z)):
     h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * x_t,   y_t = C_t . h_t + D * x_t
-    x, delta [B, T, E]; A [E, N]; B, C [B, T, N]; D [E]; h0 [B, E, N]; starts [B, T] bool
+    x, delta, z [B, T, E]; A [E, N]; B, C [B, T, N]; D, delta_bias [E]; h0 [B, E, N]; starts [B, T] bool
     -> y [B, T, E], h_T [B, E, N]. An episode start at t means h_{t-1} := 0.
 Causal depthwise conv + SiLU (`conv_silu`):
     xs_t = silu(bias + sum_j w_j * in_{t-(K-1)+j}), in_s = 0 for s before the latest episode start <= t
@@ -71,16 +72,19 @@ def selective_scan(
     h0: Tensor | None = None,
     starts: Tensor | None = None,
     backend: str = "auto",
+    *,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The scan on the resolved backend. Returns y [B, T, E] and h_T [B, E, N] in the accumulation dtype."""
-    _check_shapes(x, delta, a, b, c, d, h0, starts)
+    _check_shapes(x, delta, a, b, c, d, h0, starts, z, delta_bias)
     dtype = acc_dtype(x.dtype)
     batch, length, inner = x.shape
     if h0 is None:
         h0 = x.new_zeros(batch, inner, a.shape[1], dtype=dtype)
     if starts is None:
         starts = torch.zeros(batch, length, dtype=torch.bool, device=x.device)
-    inputs = tuple(t.to(dtype) for t in (x, delta, a, b, c, d, h0))
+    inputs = tuple(None if t is None else t.to(dtype) for t in (x, delta, a, b, c, d, h0, z, delta_bias))
     if resolve_backend(backend, x.device) == "numba":
         if torch.autograd.forward_ad._current_level >= 0:  # inside forward-mode AD (a dual level)
             return selective_scan_loop(*inputs, starts)
@@ -125,9 +129,19 @@ def conv_silu_torch(xc: Tensor, carried: Tensor, weight: Tensor, bias: Tensor, s
 
 
 def selective_scan_mambapy(
-    x: Tensor, delta: Tensor, a: Tensor, b: Tensor, c: Tensor, d: Tensor, h0: Tensor, starts: Tensor
+    x: Tensor,
+    delta: Tensor,
+    a: Tensor,
+    b: Tensor,
+    c: Tensor,
+    d: Tensor,
+    h0: Tensor,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    starts: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """The reference, on mambapy's `pscan`: same arguments as `selective_scan` (one float dtype)."""
+    delta = delta if delta_bias is None else F.softplus(delta + delta_bias)
     # exp(delta A), exactly 0 at an episode start (exp(-inf)); in place, as these are the biggest
     # tensors here ([B, T, E, N]) and neither product is saved for backward.
     log_a = (delta.unsqueeze(-1) * a).masked_fill_(starts[..., None, None], float("-inf"))
@@ -136,21 +150,32 @@ def selective_scan_mambapy(
     d_bx[:, 0] += d_a[:, 0] * h0  # the carried state enters at t=0
     hs = pscan(d_a, d_bx)  # [B, T, E, N]
     y = (hs @ c.unsqueeze(-1)).squeeze(-1) + d * x  # [B, T, E]
-    return y, hs[:, -1]
+    return (y if z is None else y * F.silu(z)), hs[:, -1]
 
 
 def selective_scan_loop(
-    x: Tensor, delta: Tensor, a: Tensor, b: Tensor, c: Tensor, d: Tensor, h0: Tensor, starts: Tensor
+    x: Tensor,
+    delta: Tensor,
+    a: Tensor,
+    b: Tensor,
+    c: Tensor,
+    d: Tensor,
+    h0: Tensor,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    starts: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """The recurrence step by step in plain torch ops (differentiable any number of times, forward-mode
     AD too): same arguments as `selective_scan`. O(T) small ops: for the cases the kernel cannot do."""
+    delta = delta if delta_bias is None else F.softplus(delta + delta_bias)
     keep = (~starts).to(x.dtype)[..., None, None]  # [B, T, 1, 1]: 0 at an episode start
     h, ys = h0, []
     for t in range(x.shape[1]):
         d_a = torch.exp(delta[:, t, :, None] * a)  # [B, E, N]
         h = d_a * (h * keep[:, t]) + (delta[:, t] * x[:, t])[..., None] * b[:, t, None, :]
         ys.append((h * c[:, t, None, :]).sum(-1) + d * x[:, t])  # [B, E]
-    return torch.stack(ys, dim=1), h
+    y = torch.stack(ys, dim=1)
+    return (y if z is None else y * F.silu(z)), h
 
 
 def _check_shapes(
@@ -162,6 +187,8 @@ def _check_shapes(
     d: Tensor,
     h0: Tensor | None,
     starts: Tensor | None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
 ) -> None:
     """A clear ValueError for inconsistent shapes or devices: the compiled kernel does not check its
     indices, so a wrong shape reaching it would read out of bounds instead of raising."""
@@ -179,6 +206,8 @@ def _check_shapes(
         "D": (d, (inner,)),
         "h0": (h0, (batch, inner, n_state)),
         "episode_starts": (starts, (batch, length)),
+        "z": (z, (batch, length, inner)),
+        "delta_bias": (delta_bias, (inner,)),
     }
     for name, (tensor, shape) in expected.items():
         if tensor is None:
