@@ -12,6 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from recurrl.scripts.options import (
+    check_output_dir,
+    check_output_file,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+)
+
 TRUST = (
     "SECURITY: zoo behavior policies (model.zip, vecnormalize.pkl) are Python pickles, which run code when "
     "loaded: load only files you trust (such as ../shared/behavior-policies)."
@@ -39,24 +47,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tiers", nargs="+", help="with --suite: only these tiers (default: all five)")
     parser.add_argument(
         "--noise",
-        type=float,
+        type=nonnegative_float,
         default=0.0,
         help="action noise: Gaussian std for zoo policies, epsilon for CartPoleNoVel's scripted expert, "
         "torque std for PendulumNoVel's",
     )
     amount = parser.add_mutually_exclusive_group()
     amount.add_argument(
-        "--steps", type=int, help="env steps to record (per tier with --suite); default 1000000"
+        "--steps", type=positive_int, help="env steps to record (per tier with --suite); default 1000000"
     )
-    amount.add_argument("--episodes", type=int, help="complete episodes to record (not with --suite)")
-    parser.add_argument("--seed", type=int, default=0)
+    amount.add_argument("--episodes", type=positive_int, help="complete episodes to record (not with --suite)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument(
-        "--num-envs", type=int, default=8, help="parallel envs; the policy acts on all in one batch"
+        "--num-envs", type=positive_int, default=8, help="parallel envs; the policy acts on all in one batch"
     )
     parser.add_argument("--async", dest="asynchronous", action="store_true", help="one process per env")
     parser.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=1,
         help="processes to shard the envs and steps over (one core each; e.g. 2 on a 2-core machine)",
     )
@@ -69,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="gzip the Minari arrays (lossless; smaller, slightly slower to load)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of the same id")
-    parser.add_argument("--torch-threads", type=int, default=1, help="threads for policy inference")
+    parser.add_argument("--torch-threads", type=positive_int, default=1, help="threads for policy inference")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run)
@@ -85,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
 
     # Batches of a few observations: one thread is faster than two fighting the env loop for cores.
     torch.set_num_threads(args.torch_threads)
-    if args.num_envs < 1:
-        raise ValueError(f"--num-envs must be >= 1, got {args.num_envs}")
+    check_output_dir(args.datasets_path, "--datasets-path")
+    (check_output_dir if args.suite else check_output_file)(args.export_hdf5, "--export-hdf5")
     log = (lambda _: None) if args.json else print
     with datasets_path(args.datasets_path):
         if args.suite:
