@@ -21,8 +21,11 @@ from recurrl.scripts.options import (
 )
 
 TRUST = (
-    "SECURITY: zoo behavior policies (model.zip, vecnormalize.pkl) are Python pickles, which run code when "
-    "loaded: load only files you trust (such as ../shared/behavior-policies)."
+    "SECURITY: zoo behavior policies (model.zip, vecnormalize.pkl) hold Python pickles, which run code when "
+    "unpickled. recurrl unpickles none of them: it builds the network from config.yml, loads policy.pth "
+    "with torch.load(weights_only=True) and reads vecnormalize.pkl with a data-only reader (numpy arrays "
+    "only) into a JSON cache. A vecnormalize.pkl that reader refuses needs --trust-pickle: only files you "
+    "trust."
 )
 
 
@@ -39,7 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--policy",
         help="random, scripted (CartPoleNoVel-v1/PendulumNoVel-v1), or a zoo agent: tqc, sac, ppo, trpo, a2c, ars "
-        "(loaded from $RECURRL_BEHAVIOR_POLICIES or ../shared/behavior-policies; trusted files only)",
+        "(loaded from $RECURRL_BEHAVIOR_POLICIES or ../shared/behavior-policies, without unpickling)",
+    )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow a full unpickle of a vecnormalize.pkl the data-only reader refuses (it can run any code: "
+        "trusted files only; said at run time)",
     )
     parser.add_argument(
         "--suite", choices=["d4rl"], help="build the D4RL-style tiers of --env (ids recurrl/<env>/<tier>-v0)"
@@ -84,6 +93,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from recurrl.envs.behavior import TRUST_PICKLE_ENV
+
+    # Through the environment, so the worker processes of --workers see it too; undone afterwards.
+    before = os.environ.get(TRUST_PICKLE_ENV)
+    os.environ[TRUST_PICKLE_ENV] = "1" if args.trust_pickle else "0"
+    try:
+        return _run(args)
+    finally:
+        if before is None:
+            os.environ.pop(TRUST_PICKLE_ENV, None)
+        else:
+            os.environ[TRUST_PICKLE_ENV] = before
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from recurrl.envs.minari_writer import check_new_dataset, datasets_path, format_summary, record_dataset
