@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -118,6 +119,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             pass
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # nan/inf pass every `x > 0` style check below them
+                raise ValueError(f"config key {key}: expected a finite number, got {value!r}")
             return float(value)
         raise ValueError(f"config key {key}: expected a number, got {value!r}")
     if hint is int:

@@ -60,7 +60,7 @@ def run_kind(run_dir: Path, config: dict[str, Any]) -> str:
     if meta.is_file():
         try:
             kind = json.loads(meta.read_text()).get("kind")
-        except json.JSONDecodeError:
+        except (ValueError, AttributeError):  # corrupt, not UTF-8, not an object: tell by the config
             kind = None
         if kind in TAGS:
             return str(kind)
@@ -76,15 +76,16 @@ def read_curve(run_dir: str | Path, tag: str | None = None) -> Curve:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise ValueError(f"{str(run_dir)!r} is a file, not a run directory (one holding config.json)")
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist")
     config_file = run_dir / "config.json"
     if not config_file.is_file():
         raise ValueError(f"{run_dir} is not a recurrl run directory (no config.json)")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{config_file} is corrupt: {error}") from error
+    from recurrl.agents.run_dir import read_json
+
+    config = read_json(config_file)  # a ValueError naming the file when it is not a JSON object
     kind = run_kind(run_dir, config)
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0: keep every event
     events.Reload()

@@ -1,19 +1,25 @@
 """Behavior policies: the RL Baselines3 Zoo agents in ../shared/behavior-policies.
 
-SECURITY: the zoo's `model.zip` (its `data` entry) and `vecnormalize.pkl` are Python pickles.
-Unpickling runs code: load only files you trust, such as the ones shipped beside this repository.
+Loaded without unpickling anything (envs/zoo_files.py): the network is built from the algorithm's
+policy class and the zoo's `config.yml` (its `policy_kwargs` read as literals), its weights come from
+`policy.pth` inside `model.zip` through `torch.load(weights_only=True)`, and the VecNormalize
+observation statistics are read once from `vecnormalize.pkl` by a data-only unpickler (numpy arrays,
+nothing else is called) and kept as JSON in a cache (`behavior_cache_dir()`), from which every later
+load reads them. The zip's pickled `data` entry is never read. A `vecnormalize.pkl` the data-only
+reader refuses is unpickled only with `trust_pickle=True` (`recurrl collect --trust-pickle`), which
+says so when it happens; its statistics are then cached as JSON too.
 
-The zips were written by an older stable-baselines3 that used the `gym` package. Rather than load
-whole agents (optimizers, replay settings) we read the saved policy class and its keyword arguments,
-build that policy for the Gymnasium v5 env's spaces, load `policy.pth` weights, and apply the
-VecNormalize observation statistics ourselves: `clip((obs - mean) / sqrt(var + eps), -clip, clip)`.
-Resolving the old `gym` references needs `gym` to be an alias of `gymnasium`; `gym_alias()` does it
-only for the duration of a load.
+The zips were written by an older stable-baselines3 for the `gym` v3 envs; the policies are built for
+the Gymnasium v5 env's spaces (same shapes) and the VecNormalize statistics are applied here:
+`clip((obs - mean) / sqrt(var + eps), -clip, clip)`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib
+import json
 import os
 import pickle
 import sys
@@ -25,12 +31,21 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from recurrl.envs.zoo_files import UnsafePickle, read_policy_weights, read_vecnormalize_stats, read_zoo_config
+
 ALGOS = ("tqc", "sac", "ppo", "trpo", "a2c", "ars")
 ZOO_ENV_NAMES = {"Hopper-v5": "Hopper", "HalfCheetah-v5": "HalfCheetah", "Walker2d-v5": "Walker2d"}
-TRUST_WARNING = (
-    "behavior-policy files (model.zip, vecnormalize.pkl) are pickles, which run code when loaded: "
-    "load only files you trust"
-)
+# The policy class each algorithm's zoo agents use, by the config.yml's `policy` name.
+POLICY_CLASSES = {
+    ("tqc", "MlpPolicy"): "sb3_contrib.tqc.policies:TQCPolicy",
+    ("sac", "MlpPolicy"): "stable_baselines3.sac.policies:SACPolicy",
+    ("ppo", "MlpPolicy"): "stable_baselines3.common.policies:ActorCriticPolicy",
+    ("a2c", "MlpPolicy"): "stable_baselines3.common.policies:ActorCriticPolicy",
+    ("trpo", "MlpPolicy"): "stable_baselines3.common.policies:ActorCriticPolicy",
+    ("ars", "LinearPolicy"): "sb3_contrib.ars.policies:ARSLinearPolicy",
+    ("ars", "MlpPolicy"): "sb3_contrib.ars.policies:ARSPolicy",
+}
+TRUST_PICKLE_ENV = "RECURRL_TRUST_PICKLE"  # "1": as trust_pickle=True (how --trust-pickle reaches workers)
 
 
 def behavior_policies_dir() -> Path:
@@ -76,19 +91,56 @@ class ObsNormalizer:
         return np.clip((obs - self.mean) / np.sqrt(self.var + self.epsilon), -self.clip_obs, self.clip_obs)
 
 
-def load_obs_normalizer(path: Path) -> ObsNormalizer:
-    """Read the observation statistics out of a pickled VecNormalize (trusted files only)."""
-    with gym_alias(), open(path, "rb") as file:
-        vec_normalize = pickle.load(file)  # noqa: S301  (trusted zoo file, see module doc)
-    if not getattr(vec_normalize, "norm_obs", True):
-        raise ValueError(f"{path}: VecNormalize does not normalize observations; nothing to apply")
-    rms = vec_normalize.obs_rms
-    return ObsNormalizer(
-        mean=np.asarray(rms.mean, dtype=np.float64),
-        var=np.asarray(rms.var, dtype=np.float64),
-        clip_obs=float(vec_normalize.clip_obs),
-        epsilon=float(vec_normalize.epsilon),
-    )
+def behavior_cache_dir() -> Path:
+    """Where converted VecNormalize statistics are kept: RECURRL_BEHAVIOR_CACHE, else
+    ~/.cache/recurrl/behavior-policies (the policies' own folder may be read-only)."""
+    override = os.environ.get("RECURRL_BEHAVIOR_CACHE")
+    return Path(override) if override else Path.home() / ".cache" / "recurrl" / "behavior-policies"
+
+
+def load_obs_normalizer(path: Path, trust_pickle: bool | None = None) -> ObsNormalizer:
+    """The observation statistics of the pickled VecNormalize at `path`, from their JSON copy (beside it
+    as vecnormalize.json, or in the cache, keyed by the pickle's sha256), else converted once (see
+    the module doc); `trust_pickle` (default: $RECURRL_TRUST_PICKLE) allows a full unpickle."""
+    raw = path.read_bytes()
+    cached = behavior_cache_dir() / f"vecnormalize-{hashlib.sha256(raw).hexdigest()[:32]}.json"
+    for candidate in (path.with_suffix(".json"), cached):
+        if candidate.is_file():
+            return _normalizer(json.loads(candidate.read_text()), candidate)
+    try:
+        stats = read_vecnormalize_stats(path)
+    except UnsafePickle as error:
+        if not (os.environ.get(TRUST_PICKLE_ENV) == "1" if trust_pickle is None else trust_pickle):
+            raise ValueError(
+                f"{error}: it is a pickle that only a full unpickle can read, which runs any code in it; if you "
+                "trust the file, run once with --trust-pickle (Python: trust_pickle=True) and its statistics are "
+                f"kept as JSON in {behavior_cache_dir()} for every later run"
+            ) from error
+        print(f"SECURITY: unpickling {path} as asked (--trust-pickle)", file=sys.stderr)
+        from recurrl.envs.zoo_files import vecnormalize_stats
+
+        with gym_alias(), open(path, "rb") as file:
+            stats = vecnormalize_stats(pickle.load(file), path)  # noqa: S301  (explicitly trusted)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({**stats, "source": str(path)}, indent=1))
+        tmp.replace(cached)
+    except OSError:
+        pass  # a read-only cache only means converting again next time
+    return _normalizer(stats, path)
+
+
+def _normalizer(stats: dict[str, Any], where: Path) -> ObsNormalizer:
+    try:
+        return ObsNormalizer(
+            mean=np.asarray(stats["mean"], dtype=np.float64),
+            var=np.asarray(stats["var"], dtype=np.float64),
+            clip_obs=float(stats["clip_obs"]),
+            epsilon=float(stats["epsilon"]),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{where}: not VecNormalize statistics ({error}); delete it to convert again") from error
 
 
 class BehaviorPolicy:
@@ -158,11 +210,10 @@ def load_behavior_policy(
     noise_std: float = 0.0,
     seed: int | None = None,
     root: str | os.PathLike | None = None,
+    trust_pickle: bool | None = None,
 ) -> BehaviorPolicy:
-    """Load `ALGO/ENV/model.zip` (+ vecnormalize.pkl) for a Gymnasium v5 env. Trusted files only."""
-    import torch
-    from stable_baselines3.common.save_util import load_from_zip_file
-
+    """Load `ALGO/ENV` (model.zip's policy.pth, config.yml, vecnormalize statistics) for a Gymnasium v5
+    env without unpickling anything (see the module doc; `trust_pickle` as in `load_obs_normalizer`)."""
     algo = algo.lower()
     if algo not in ALGOS:
         raise ValueError(f"unknown behavior policy {algo!r}; choose one of {', '.join(ALGOS)}")
@@ -170,53 +221,68 @@ def load_behavior_policy(
         raise ValueError(f"no zoo behavior policies for {env_id!r}; available for {', '.join(ZOO_ENV_NAMES)}")
     folder = Path(root) if root is not None else behavior_policies_dir()
     folder = folder / algo / ZOO_ENV_NAMES[env_id]
-    zip_path = folder / "model.zip"
-    if not zip_path.is_file():
-        raise FileNotFoundError(
-            f"no behavior policy at {zip_path}; set RECURRL_BEHAVIOR_POLICIES to the folder holding "
-            "ALGO/ENV/model.zip (default: ../shared/behavior-policies beside the repository)"
-        )
+    zip_path, config_path = folder / "model.zip", folder / "config.yml"
+    for path in (zip_path, config_path):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no behavior policy at {folder} (missing {path.name}); set RECURRL_BEHAVIOR_POLICIES to the folder "
+                "holding ALGO/ENV/model.zip and config.yml (default: ../shared/behavior-policies beside the repository)"
+            )
     env = gym.make(env_id)
     obs_space, act_space = env.observation_space, env.action_space
     env.close()
-
-    # The zoo's schedules are pickled closures we never call: replace them instead of unpickling.
-    custom_objects = {
-        "learning_rate": 0.0,
-        "lr_schedule": lambda _: 0.0,
-        "clip_range": lambda _: 0.0,
-        "delta_std_schedule": lambda _: 0.0,  # ARS
-        "observation_space": obs_space,
-        "action_space": act_space,
-    }
-    with gym_alias(), torch.device("cpu"):
-        data, params, _ = load_from_zip_file(zip_path, custom_objects=custom_objects, device="cpu")
-    policy_class = data["policy_class"]
-    kwargs = dict(data.get("policy_kwargs") or {})
-    state_dict = params["policy"]
+    state_dict = read_policy_weights(zip_path)
+    config = read_zoo_config(config_path)
     if algo == "ars":
         # Old ARS files hold a bare `action_net` Linear; sb3-contrib 2.x wraps it in a Sequential.
-        state_dict = {
-            key.replace("action_net.", "action_net.0.", 1): value for key, value in state_dict.items()
-        }
-        kwargs.setdefault("with_bias", "action_net.0.bias" in state_dict)
-        policy = policy_class(obs_space, act_space, **kwargs)
-    else:
-        # Old zoo files list the actor-critic layers as [dict(pi=..., vf=...)]; SB3 2.x wants the dict.
-        arch = kwargs.get("net_arch")
-        if isinstance(arch, list) and arch and isinstance(arch[0], dict):
-            kwargs["net_arch"] = arch[0]
-        policy = policy_class(obs_space, act_space, lambda _: 0.0, **kwargs)
-    policy.load_state_dict(state_dict)
+        state_dict = {key.replace("action_net.", "action_net.0.", 1): value for key, value in state_dict.items()}
+        config["policy_kwargs"] = {"with_bias": "action_net.0.bias" in state_dict, **(config.get("policy_kwargs") or {})}
+    policy = build_zoo_policy(algo, config, obs_space, act_space, config_path)
+    try:
+        policy.load_state_dict(state_dict)
+    except RuntimeError as error:
+        raise ValueError(
+            f"{zip_path}: policy.pth does not fit the network config.yml describes: {str(error).splitlines()[0]}"
+        ) from error
     policy.set_training_mode(False)
     normalizer_path = folder / "vecnormalize.pkl"
-    normalizer = load_obs_normalizer(normalizer_path) if normalizer_path.is_file() else None
+    normalizer = load_obs_normalizer(normalizer_path, trust_pickle) if normalizer_path.is_file() else None
     if normalizer is not None and normalizer.mean.shape != obs_space.shape:
         raise ValueError(
             f"{normalizer_path}: normalization statistics have shape {normalizer.mean.shape}, "
             f"env {env_id} observes {obs_space.shape}"
         )
     return BehaviorPolicy(policy, act_space, normalizer, f"{algo}/{ZOO_ENV_NAMES[env_id]}", noise_std, seed)
+
+
+def build_zoo_policy(
+    algo: str, config: dict[str, Any], obs_space: gym.Space, act_space: gym.Space, where: Path
+) -> Any:
+    """The SB3 policy network the zoo trained: the algorithm's class for config.yml's `policy`, built with
+    its `policy_kwargs` (and `use_sde`) for these spaces, with freshly initialised weights."""
+    import torch
+
+    name = str(config.get("policy", "MlpPolicy"))
+    target = POLICY_CLASSES.get((algo, name))
+    if target is None:
+        known = sorted(p for a, p in POLICY_CLASSES if a == algo)
+        raise ValueError(f"{where}: policy {name!r} is not supported for {algo} (supported: {', '.join(known)})")
+    module, class_name = target.split(":")
+    policy_class = getattr(importlib.import_module(module), class_name)
+    kwargs = dict(config.get("policy_kwargs") or {})
+    if algo != "ars":
+        kwargs.setdefault("use_sde", bool(config.get("use_sde", False)))
+    # Old zoo files list the actor-critic layers as [dict(pi=..., vf=...)]; SB3 2.x wants the dict.
+    arch = kwargs.get("net_arch")
+    if isinstance(arch, list) and arch and isinstance(arch[0], dict):
+        kwargs["net_arch"] = arch[0]
+    try:
+        with torch.device("cpu"):
+            if algo == "ars":
+                return policy_class(obs_space, act_space, **kwargs)
+            return policy_class(obs_space, act_space, lambda _: 0.0, **kwargs)
+    except TypeError as error:
+        raise ValueError(f"{where}: policy_kwargs {kwargs} do not fit {class_name}: {error}") from error
 
 
 def evaluate_policy(policy: Any, env_id: str, seeds: list[int]) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +14,29 @@ import gymnasium as gym
 import h5py
 import numpy as np
 
-import recurrl.envs  # noqa: F401  (registers the POMDP env ids that datasets may name)
-from recurrl.envs.dataset_checks import check_env_spaces, check_supported_spaces, make_episode, optional_float
+from recurrl.envs.dataset_checks import (
+    ENV_ID_HINT,
+    DataWarning,
+    check_array_shapes,
+    check_env_spaces,
+    check_supported_spaces,
+    make_dataset_env,
+    make_episode,
+    optional_float,
+)
 from recurrl.envs.episodes import OfflineDataset
 from recurrl.envs.scores import D4RL_ENV_IDS, d4rl_reference_scores, d4rl_task_name
 
 D4RL_REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 
 
-def load_hdf5(path: str | os.PathLike, *, env_id: str | None = None) -> OfflineDataset:
-    """Load a D4RL-format hdf5 file; episodes end where `terminals` or `timeouts` is set."""
+def load_hdf5(
+    path: str | os.PathLike, *, env_id: str | None = None, clip_actions: bool = False
+) -> OfflineDataset:
+    """Load a D4RL-format hdf5 file; episodes end where `terminals` or `timeouts` is set.
+
+    `env_id` names the evaluation env (for files that do not); actions outside its action space are an
+    error unless `clip_actions` clips them to the bounds."""
     path = Path(path)
     name = str(path)
     try:
@@ -59,14 +73,23 @@ def load_hdf5(path: str | os.PathLike, *, env_id: str | None = None) -> OfflineD
         raise ValueError(f"{name}: rewards must be one number per step, got shape {rewards.shape}")
 
     env_id, ref_min, ref_max, env_kwargs = _hdf5_env_and_scores(name, path, attrs, env_id)
-    env = gym.make(env_id, **env_kwargs)
+    env = make_dataset_env(name, env_id, env_kwargs)
     obs_space, act_space = env.observation_space, env.action_space
     env.close()
     check_supported_spaces(name, obs_space, act_space)
+    check_array_shapes(name, env_id, obs_space, act_space, obs, actions)
     discrete = isinstance(act_space, gym.spaces.Discrete)
 
     # Episode boundaries: after each terminal/timeout; steps after the last one form a cut-off episode.
     ends = np.flatnonzero(terminals | timeouts) + 1
+    if len(ends) == 0 and len(rewards) > 1:
+        warnings.warn(
+            DataWarning(
+                f"{name}: no step is marked in 'terminals' or 'timeouts', so all {len(rewards):,} steps are read as "
+                "one episode; if the file holds several, their last steps must be marked there"
+            ),
+            stacklevel=2,
+        )
     if len(ends) == 0 or ends[-1] != len(rewards):
         ends = np.append(ends, len(rewards))
         timeouts = timeouts.copy()
@@ -97,7 +120,7 @@ def load_hdf5(path: str | os.PathLike, *, env_id: str | None = None) -> OfflineD
         ref_min_score=ref_min,
         ref_max_score=ref_max,
     )
-    check_env_spaces(dataset)
+    check_env_spaces(dataset, clip_actions)
     return dataset
 
 
@@ -121,7 +144,7 @@ def _hdf5_env_and_scores(
     if env_id is None:
         raise ValueError(
             f"{name}: cannot tell which environment this dataset is for (no 'env_id' attribute and no "
-            "halfcheetah/hopper/walker2d in the file name); pass env_id= (or --env-id)"
+            f"halfcheetah/hopper/walker2d in the file name); name one with {ENV_ID_HINT}"
         )
     if ref_min is None and ref_max is None and "env_id" not in attrs and task is not None:
         ref_min, ref_max = d4rl_reference_scores(task)  # a D4RL file: D4RL's reference returns apply
@@ -134,7 +157,12 @@ def export_hdf5(dataset: OfflineDataset, path: str | os.PathLike, *, compression
     `next_observations` is written when every episode has its final observation (Minari data does).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise ValueError(f"cannot write the hdf5 file {str(path)!r}: it is a directory; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # e.g. a file where a parent folder should be
+        raise ValueError(f"cannot write the hdf5 file {str(path)!r}: {error}") from error
     episodes = dataset.episodes
     arrays: dict[str, np.ndarray] = {
         "observations": np.concatenate([e.observations for e in episodes]),
@@ -147,15 +175,18 @@ def export_hdf5(dataset: OfflineDataset, path: str | os.PathLike, *, compression
         arrays["next_observations"] = np.concatenate(
             [np.concatenate([e.observations[1:], e.final_observation[None]]) for e in episodes]
         )
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as file:
-        for key, value in arrays.items():
-            file.create_dataset(key, data=value, compression=compression)
-        file.attrs["env_id"] = dataset.env_id
-        file.attrs["env_kwargs"] = json.dumps(dataset.env_kwargs)
-        file.attrs["dataset_id"] = dataset.name
-        for key in ("ref_min_score", "ref_max_score"):
-            if getattr(dataset, key) is not None:
-                file.attrs[key] = getattr(dataset, key)
-    tmp.replace(path)  # atomic: a crash never leaves a half-written file under the final name
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as file:
+            for key, value in arrays.items():
+                file.create_dataset(key, data=value, compression=compression)
+            file.attrs["env_id"] = dataset.env_id
+            file.attrs["env_kwargs"] = json.dumps(dataset.env_kwargs)
+            file.attrs["dataset_id"] = dataset.name
+            for key in ("ref_min_score", "ref_max_score"):
+                if getattr(dataset, key) is not None:
+                    file.attrs[key] = getattr(dataset, key)
+        tmp.replace(path)  # atomic: a crash never leaves a half-written file under the final name
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind
     return path

@@ -1,14 +1,23 @@
 """Checks every dataset reader applies, so no format returns part of a dataset: supported spaces, one
-episode's arrays (lengths, NaN/Inf), and the data against its evaluation env's spaces."""
+episode's arrays (lengths, NaN/Inf), and the data against its evaluation env (which must exist, and
+whose spaces the arrays must fit: shapes, number of actions, action bounds)."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 from recurrl.envs.episodes import Episode, OfflineDataset
+
+CLIP_HINT = "clip_actions=True (recurrl train / recurrl dataset: --clip-actions)"
+ENV_ID_HINT = "env_id= (recurrl train / recurrl dataset: --env-id ENV)"
+
+
+class DataWarning(UserWarning):
+    """The data loads, but probably not as its author meant (e.g. no episode boundaries)."""
 
 
 def optional_float(value: Any) -> float | None:
@@ -73,37 +82,114 @@ def make_episode(
     )
 
 
-def check_env_spaces(dataset: OfflineDataset) -> None:
-    """The data must fit the evaluation env: observation shape, action shape or number of actions."""
+def make_dataset_env(name: str, env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
+    """The dataset's evaluation env, or a ValueError that says why it cannot be made and what to do."""
+    import recurrl.envs  # noqa: F401  (registers the POMDP env ids that datasets may name)
+
     try:
-        env = dataset.make_env()
-    except gym.error.Error as error:
+        return gym.make(env_id, **(env_kwargs or {}))
+    except (gym.error.NameNotFound, gym.error.NamespaceNotFound, gym.error.VersionNotFound) as error:
         raise ValueError(
-            f"{dataset.name}: cannot make its evaluation env {dataset.env_id!r}: {error}"
+            f"{name}: its evaluation env {env_id!r} is not registered with gymnasium ({error}); import the "
+            f"package that registers it, or name a registered env with {ENV_ID_HINT}"
         ) from error
+    except (gym.error.DependencyNotInstalled, ImportError) as error:
+        raise ValueError(
+            f"{name}: its evaluation env {env_id!r} needs a package that is not installed: {error}"
+        ) from error
+    except (gym.error.Error, TypeError) as error:  # e.g. keyword arguments the env does not take
+        raise ValueError(
+            f"{name}: cannot make its evaluation env {env_id!r} with {env_kwargs or {}}: {error}"
+        ) from error
+
+
+def check_array_shapes(
+    name: str, env_id: str, obs_space: gym.Space, act_space: gym.Space, observations: Any, actions: Any
+) -> None:
+    """Flat per-step arrays [N, ...] against the env's spaces, before they are cut into episodes."""
+    obs_shape, act_shape = tuple(observations.shape[1:]), tuple(actions.shape[1:])
+    if obs_shape != obs_space.shape:
+        raise ValueError(
+            f"{name}: observations have shape {obs_shape} per step, but env {env_id}'s observation space is "
+            f"{obs_space} (shape {obs_space.shape}); the data was recorded on another env (name the right one with {ENV_ID_HINT})"
+        )
+    if isinstance(act_space, gym.spaces.Discrete):
+        integral = np.asarray(actions).dtype.kind in "iub" or bool(np.all(np.mod(actions, 1) == 0))
+        if act_shape not in ((), (1,)) or not integral:
+            raise ValueError(
+                f"{name}: actions have shape {act_shape} per step ({np.asarray(actions).dtype}), but env {env_id}'s "
+                f"action space is {act_space} (one integer per step); the data was recorded on another env "
+                f"(name the right one with {ENV_ID_HINT})"
+            )
+    elif act_shape != act_space.shape:
+        raise ValueError(
+            f"{name}: actions have shape {act_shape} per step, but env {env_id}'s action space is {act_space} "
+            f"(shape {act_space.shape}); the data was recorded on another env (name the right one with {ENV_ID_HINT})"
+        )
+
+
+def check_env_spaces(dataset: OfflineDataset, clip_actions: bool = False) -> None:
+    """The data must fit the evaluation env: observation shape, action shape or number of actions, and
+    the action bounds (values outside are an error, or clipped to the bounds with `clip_actions`)."""
+    env = make_dataset_env(dataset.name, dataset.env_id, dataset.env_kwargs)
     env_obs, env_act = env.observation_space, env.action_space
     env.close()
-    obs_shape = dataset.episodes[0].observations.shape[1:]
+    name, env_id = dataset.name, dataset.env_id
+    first = dataset.episodes[0]
+    obs_shape = first.observations.shape[1:]
     if obs_shape != env_obs.shape:
         raise ValueError(
-            f"{dataset.name}: observations have shape {obs_shape} but env {dataset.env_id} observes "
-            f"{env_obs.shape}; the dataset was recorded on another environment (pass the right env_id)"
+            f"{name}: observations have shape {obs_shape} per step, but env {env_id}'s observation space is "
+            f"{env_obs} (shape {env_obs.shape}); the data was recorded on another env (name the right one with {ENV_ID_HINT})"
         )
     if isinstance(env_act, gym.spaces.Discrete):
         if not isinstance(dataset.action_space, gym.spaces.Discrete) or dataset.action_space.n != env_act.n:
             raise ValueError(
-                f"{dataset.name}: action space {dataset.action_space} does not match env {env_act}"
+                f"{name}: the data's action space {dataset.action_space} does not match env {env_id}'s "
+                f"{env_act}; {ENV_ID_HINT} names the right env"
             )
         top = max(int(e.actions.max()) for e in dataset.episodes)
         low = min(int(e.actions.min()) for e in dataset.episodes)
-        if low < 0 or top >= env_act.n:
+        if low < int(env_act.start) or top >= int(env_act.start) + env_act.n:
             raise ValueError(
-                f"{dataset.name}: actions range over [{low}, {top}], env has {env_act.n} actions"
+                f"{name}: actions range over [{low}, {top}], outside env {env_id}'s action space {env_act}"
             )
-    else:
-        act_shape = dataset.episodes[0].actions.shape[1:]
-        if not isinstance(env_act, gym.spaces.Box) or act_shape != env_act.shape:
-            raise ValueError(
-                f"{dataset.name}: actions have shape {act_shape} but env {dataset.env_id} takes {env_act}; "
-                "the dataset was recorded on another environment"
+        return
+    act_shape = first.actions.shape[1:]
+    if not isinstance(env_act, gym.spaces.Box) or act_shape != env_act.shape:
+        raise ValueError(
+            f"{name}: actions have shape {act_shape} per step, but env {env_id}'s action space is {env_act}; "
+            f"the data was recorded on another env (name the right one with {ENV_ID_HINT})"
+        )
+    check_action_bounds(dataset, env_act, clip_actions)
+
+
+def check_action_bounds(dataset: OfflineDataset, space: gym.spaces.Box, clip: bool) -> None:
+    """Actions outside the env's bounds: an error naming the first one, or clipped with a warning.
+
+    A small tolerance (1e-5 relative) lets through float rounding of data recorded at the bounds."""
+    low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+    tol = 1e-5 * np.maximum(1.0, np.maximum(np.abs(low), np.abs(high)))
+    tol = np.where(np.isfinite(tol), tol, 0.0)
+    count, first = 0, None
+    for index, episode in enumerate(dataset.episodes):
+        outside = (episode.actions < low - tol) | (episode.actions > high + tol)
+        if not outside.any():
+            continue
+        count += int(outside.sum())
+        if first is None:
+            step, dim = (int(i) for i in np.argwhere(outside)[0])
+            first = (
+                f"first at episode {index}, step {step}: action[{dim}] = {episode.actions[step, dim]:g}, bounds "
+                f"[{low[dim]:g}, {high[dim]:g}]"
             )
+        if clip:
+            episode.actions = np.clip(episode.actions, low, high).astype(np.float32)
+    if count == 0:
+        return
+    what = f"{count} action value(s) outside env {dataset.env_id}'s action space {space} ({first})"
+    if not clip:
+        raise ValueError(
+            f"{dataset.name}: {what}; fix the data, or clip them to the bounds with {CLIP_HINT}"
+        )
+    warnings.warn(DataWarning(f"{dataset.name}: clipped {what}"), stacklevel=2)

@@ -42,33 +42,38 @@ def minari_datasets_path() -> Path:
 
 
 def load_dataset(
-    source: str | os.PathLike, *, download: bool = False, env_id: str | None = None
+    source: str | os.PathLike, *, download: bool = False, env_id: str | None = None, clip_actions: bool = False
 ) -> OfflineDataset:
     """Load a Minari id, a Minari dataset directory or a D4RL-format hdf5 file (see module doc).
 
-    `env_id` overrides the evaluation env (needed for hdf5 files that do not name one).
+    `env_id` overrides the evaluation env (needed for datasets that do not name one). Actions outside
+    that env's action space are an error, or clipped to its bounds (with a warning) by `clip_actions`.
     """
     path = Path(os.path.expanduser(str(source)))
     if path.is_file():
-        return load_hdf5(path, env_id=env_id)
+        return load_hdf5(path, env_id=env_id, clip_actions=clip_actions)
     if path.is_dir():
-        return load_minari_dir(path, env_id=env_id)
+        return load_minari_dir(path, env_id=env_id, clip_actions=clip_actions)
     text = str(source)
     if text.endswith((".hdf5", ".h5")) or text.startswith((".", "/", "~")) or not _MINARI_ID.match(text):
         raise FileNotFoundError(
             f"no dataset file or directory at {path}: give a D4RL-format .hdf5 file, a Minari dataset "
             f"directory, or a Minari id like 'mujoco/hopper/medium-v0' ({_how_to_get(None)})"
         )
-    return load_minari_id(text, download=download, env_id=env_id)
+    return load_minari_id(text, download=download, env_id=env_id, clip_actions=clip_actions)
 
 
-def load_minari_id(dataset_id: str, *, download: bool = False, env_id: str | None = None) -> OfflineDataset:
+def load_minari_id(
+    dataset_id: str, *, download: bool = False, env_id: str | None = None, clip_actions: bool = False
+) -> OfflineDataset:
     local = minari_datasets_path() / dataset_id
+    options: dict[str, Any] = {"env_id": env_id, "name": dataset_id, "clip_actions": clip_actions}
     if (local / "data").is_dir():
-        return load_minari_dir(local, env_id=env_id, name=dataset_id)
+        return load_minari_dir(local, **options)
     if dataset_id in EMBEDDED_DATASETS and EMBEDDED_DATASETS[dataset_id].is_dir():
-        return load_minari_dir(EMBEDDED_DATASETS[dataset_id], env_id=env_id, name=dataset_id)
+        return load_minari_dir(EMBEDDED_DATASETS[dataset_id], **options)
     if download:
+        check_download_support()
         import minari
 
         try:
@@ -78,12 +83,28 @@ def load_minari_id(dataset_id: str, *, download: bool = False, env_id: str | Non
                 f"could not download Minari dataset {dataset_id!r} ({type(error).__name__}: {error}); "
                 f"{_how_to_get(dataset_id)}"
             ) from error
-        return load_minari_dir(local, env_id=env_id, name=dataset_id)
+        return load_minari_dir(local, **options)
     raise FileNotFoundError(
         f"dataset {dataset_id!r} not found: looked for a Minari dataset at {local} "
         f"(MINARI_DATASETS_PATH={os.environ.get('MINARI_DATASETS_PATH', '<unset>')}) and for a file or "
         f"directory named {dataset_id!r}; {_how_to_get(dataset_id)}"
     )
+
+
+# What Minari's remote (Hugging Face, its default since 0.5) needs beyond minari itself.
+DOWNLOAD_PACKAGES = ("huggingface_hub",)
+
+
+def check_download_support() -> None:
+    """--download needs the `download` extra; say so before trying (Minari's own error names its extra)."""
+    import importlib.util
+
+    missing = [name for name in DOWNLOAD_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(
+            f"--download fetches from Minari's remote, which needs {', '.join(missing)} (not installed): "
+            "pip install 'recurrl[download]'"
+        )
 
 
 def _how_to_get(dataset_id: str | None) -> str:

@@ -12,9 +12,14 @@ import gymnasium as gym
 import h5py
 import numpy as np
 
-import recurrl.envs  # noqa: F401  (registers the POMDP env ids that datasets may name)
 from recurrl.envs.d4rl_hdf5 import export_hdf5, load_hdf5
-from recurrl.envs.dataset_checks import check_env_spaces, check_supported_spaces, make_episode, optional_float
+from recurrl.envs.dataset_checks import (
+    ENV_ID_HINT,
+    check_env_spaces,
+    check_supported_spaces,
+    make_episode,
+    optional_float,
+)
 from recurrl.envs.episodes import OfflineDataset
 
 
@@ -57,9 +62,12 @@ def _cache_path(data_dir: Path) -> Path | None:
 
 
 def load_minari_dir(
-    path: str | os.PathLike, *, env_id: str | None = None, name: str | None = None
+    path: str | os.PathLike, *, env_id: str | None = None, name: str | None = None, clip_actions: bool = False
 ) -> OfflineDataset:
     """Load a Minari dataset directory; observations are split into T steps + the final one.
+
+    `env_id` overrides the evaluation env the dataset names; actions outside its action space are an
+    error unless `clip_actions` clips them to the bounds.
 
     Datasets with at least CACHE_MIN_EPISODES episodes are read once and cached as a flat
     D4RL-format file under `dataset_cache_dir()` (see there to move or disable it).
@@ -68,19 +76,20 @@ def load_minari_dir(
     name = name or str(path)
     cache = _cache_path(data_dir)
     if cache is not None and cache.is_file():
-        dataset = load_hdf5(cache, env_id=env_id)
+        dataset = load_hdf5(cache, env_id=env_id, clip_actions=clip_actions)
         dataset.name = name
         return dataset
-    dataset = _read_minari_dir(data_dir, env_id=env_id, name=name)
-    if cache is not None and len(dataset.episodes) >= CACHE_MIN_EPISODES and env_id is None:
+    dataset = _read_minari_dir(data_dir, env_id=env_id, name=name, clip_actions=clip_actions)
+    # The cache holds the data as recorded: never a copy read for another env or with clipped actions.
+    if cache is not None and len(dataset.episodes) >= CACHE_MIN_EPISODES and env_id is None and not clip_actions:
         try:
             export_hdf5(dataset, cache)
-        except OSError:
+        except (OSError, ValueError):
             pass  # a read-only or full cache folder only costs speed next time
     return dataset
 
 
-def _read_minari_dir(data_dir: Path, *, env_id: str | None, name: str) -> OfflineDataset:
+def _read_minari_dir(data_dir: Path, *, env_id: str | None, name: str, clip_actions: bool) -> OfflineDataset:
     from minari.dataset.minari_storage import MinariStorage
 
     try:
@@ -129,7 +138,7 @@ def _read_minari_dir(data_dir: Path, *, env_id: str | None, name: str) -> Offlin
     spec_json = metadata.get("eval_env_spec") or metadata.get("env_spec")
     spec_id, spec_kwargs = _env_from_spec_json(spec_json) if spec_json else (None, {})
     if env_id is None and spec_id is None:
-        raise ValueError(f"{name}: the dataset names no environment; pass env_id= (or --env-id)")
+        raise ValueError(f"{name}: the dataset names no evaluation env; name one with {ENV_ID_HINT}")
     dataset = OfflineDataset(
         name=name,
         episodes=episodes,
@@ -140,7 +149,7 @@ def _read_minari_dir(data_dir: Path, *, env_id: str | None, name: str) -> Offlin
         ref_min_score=optional_float(metadata.get("ref_min_score")),
         ref_max_score=optional_float(metadata.get("ref_max_score")),
     )
-    check_env_spaces(dataset)
+    check_env_spaces(dataset, clip_actions)
     return dataset
 
 

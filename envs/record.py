@@ -46,7 +46,7 @@ def make_policy(
     """`random`, `scripted` (POMDP tasks) or a zoo algorithm name (tqc, sac, ppo, trpo, a2c, ars).
 
     `noise`: Gaussian action-noise std for zoo policies, epsilon for CartPoleNoVel's scripted expert,
-    torque-noise std for PendulumNoVel's. Zoo policies are pickles: trusted files only.
+    torque-noise std for PendulumNoVel's. Zoo policies load without unpickling (envs.behavior).
     """
     if policy == "random":
         env = gym.make(env_id)

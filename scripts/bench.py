@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from recurrl.scripts.options import check_output_dir, positive_float, positive_int
+
 
 def _int_list(text: str) -> list[int]:
     try:
@@ -46,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--batch-sizes", type=_int_list, help="batch sizes for step latency (default 1,16,256)"
     )
-    parser.add_argument("--train-batch", type=int, help="batch size B of the training step (default 64)")
+    parser.add_argument("--train-batch", type=positive_int, help="batch size B of the training step (default 64)")
     parser.add_argument("--backbones", type=_name_list, help="comma-separated backbone names (default: all)")
     parser.add_argument(
         "--scans", type=_name_list, help="minGRU/minLSTM scan backends (default auto,loop,log,numba,triton)"
@@ -55,19 +57,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--levels", type=_name_list, help="comma-separated subset of scan,layer,backbone (default: all three)"
     )
     parser.add_argument(
-        "--repeats", type=int, help="timed training steps per configuration (default 7, quick 3)"
+        "--repeats", type=positive_int, help="timed training steps per configuration (default 7, quick 3)"
     )
     parser.add_argument(
-        "--ticks", type=int, help="timed step ticks per configuration (default 200, quick 20)"
+        "--ticks", type=positive_int, help="timed step ticks per configuration (default 200, quick 20)"
     )
     parser.add_argument(
-        "--budget", type=float, help="seconds per configuration before stopping early (default 3, quick 0.3)"
+        "--budget", type=positive_float, help="seconds per configuration before stopping early (default 3, quick 0.3)"
     )
-    parser.add_argument("--hidden-dim", type=int, help="hidden (and input) width H (default 128)")
+    parser.add_argument("--hidden-dim", type=positive_int, help="hidden (and input) width H (default 128)")
     parser.add_argument(
-        "--dt-layers", type=int, help="layers of the Decision-Transformer comparison (default 3)"
+        "--dt-layers", type=positive_int, help="layers of the Decision-Transformer comparison (default 3)"
     )
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -78,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     from recurrl.agents.bench import BenchConfig, run_bench
 
+    check_output_dir(args.out, "--out")
     overrides: dict = {}
     for arg, key in (
         ("seq_lens", "seq_lens"),

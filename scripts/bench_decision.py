@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from recurrl.scripts.options import positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -23,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+        "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)"
     )
     add_arguments(parser)
     parser.set_defaults(func=run)
@@ -57,10 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dataset", default="recurrl/hopper/medium-v0")
     parser.add_argument("--backbones", nargs="+", default=["mingru", "transformer"])
-    parser.add_argument("--hidden-dim", type=int, default=128)
-    parser.add_argument("--num-layers", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--context-length", type=int, default=20)
+    parser.add_argument("--hidden-dim", type=positive_int, default=128)
+    parser.add_argument("--num-layers", type=positive_int, default=3)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--context-length", type=positive_int, default=20)
     parser.add_argument(
         "--tokens",
         choices=["triple", "fused"],
@@ -74,14 +76,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="triple",
         help="tick: token layout of the Transformer baseline (classic DT: triple)",
     )
-    parser.add_argument("--steps", type=int, default=10, help="train: steps per round")
-    parser.add_argument("--ticks", type=int, default=200, help="tick: ticks per round")
+    parser.add_argument("--steps", type=positive_int, default=10, help="train: steps per round")
+    parser.add_argument("--ticks", type=positive_int, default=200, help="tick: ticks per round")
     parser.add_argument(
-        "--batch", type=int, nargs="+", default=[1, 10], help="tick: envs acting at once (each size measured)"
+        "--batch", type=positive_int, nargs="+", default=[1, 10], help="tick: envs acting at once (each size measured)"
     )
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--episodes", type=int, default=10)
-    parser.add_argument("--num-envs", type=int, default=10)
+    parser.add_argument("--rounds", type=positive_int, default=5)
+    parser.add_argument("--episodes", type=positive_int, default=10)
+    parser.add_argument("--num-envs", type=positive_int, default=10)
     parser.add_argument("--modes", nargs="+", default=["stateful"])
     parser.add_argument(
         "--amp",

@@ -12,9 +12,20 @@ from __future__ import annotations
 import argparse
 import json
 
+from recurrl.scripts.options import (
+    check_output_dir,
+    check_output_file,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+)
+
 TRUST = (
-    "SECURITY: zoo behavior policies (model.zip, vecnormalize.pkl) are Python pickles, which run code when "
-    "loaded: load only files you trust (such as ../shared/behavior-policies)."
+    "SECURITY: zoo behavior policies (model.zip, vecnormalize.pkl) hold Python pickles, which run code when "
+    "unpickled. recurrl unpickles none of them: it builds the network from config.yml, loads policy.pth "
+    "with torch.load(weights_only=True) and reads vecnormalize.pkl with a data-only reader (numpy arrays "
+    "only) into a JSON cache. A vecnormalize.pkl that reader refuses needs --trust-pickle: only files you "
+    "trust."
 )
 
 
@@ -31,7 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--policy",
         help="random, scripted (CartPoleNoVel-v1/PendulumNoVel-v1), or a zoo agent: tqc, sac, ppo, trpo, a2c, ars "
-        "(loaded from $RECURRL_BEHAVIOR_POLICIES or ../shared/behavior-policies; trusted files only)",
+        "(loaded from $RECURRL_BEHAVIOR_POLICIES or ../shared/behavior-policies, without unpickling)",
+    )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow a full unpickle of a vecnormalize.pkl the data-only reader refuses (it can run any code: "
+        "trusted files only; said at run time)",
     )
     parser.add_argument(
         "--suite", choices=["d4rl"], help="build the D4RL-style tiers of --env (ids recurrl/<env>/<tier>-v0)"
@@ -39,24 +56,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tiers", nargs="+", help="with --suite: only these tiers (default: all five)")
     parser.add_argument(
         "--noise",
-        type=float,
+        type=nonnegative_float,
         default=0.0,
         help="action noise: Gaussian std for zoo policies, epsilon for CartPoleNoVel's scripted expert, "
         "torque std for PendulumNoVel's",
     )
     amount = parser.add_mutually_exclusive_group()
     amount.add_argument(
-        "--steps", type=int, help="env steps to record (per tier with --suite); default 1000000"
+        "--steps", type=positive_int, help="env steps to record (per tier with --suite); default 1000000"
     )
-    amount.add_argument("--episodes", type=int, help="complete episodes to record (not with --suite)")
-    parser.add_argument("--seed", type=int, default=0)
+    amount.add_argument("--episodes", type=positive_int, help="complete episodes to record (not with --suite)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument(
-        "--num-envs", type=int, default=8, help="parallel envs; the policy acts on all in one batch"
+        "--num-envs", type=positive_int, default=8, help="parallel envs; the policy acts on all in one batch"
     )
     parser.add_argument("--async", dest="asynchronous", action="store_true", help="one process per env")
     parser.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=1,
         help="processes to shard the envs and steps over (one core each; e.g. 2 on a 2-core machine)",
     )
@@ -69,13 +86,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="gzip the Minari arrays (lossless; smaller, slightly slower to load)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of the same id")
-    parser.add_argument("--torch-threads", type=int, default=1, help="threads for policy inference")
+    parser.add_argument("--torch-threads", type=positive_int, default=1, help="threads for policy inference")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from recurrl.envs.behavior import TRUST_PICKLE_ENV
+
+    # Through the environment, so the worker processes of --workers see it too; undone afterwards.
+    before = os.environ.get(TRUST_PICKLE_ENV)
+    os.environ[TRUST_PICKLE_ENV] = "1" if args.trust_pickle else "0"
+    try:
+        return _run(args)
+    finally:
+        if before is None:
+            os.environ.pop(TRUST_PICKLE_ENV, None)
+        else:
+            os.environ[TRUST_PICKLE_ENV] = before
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from recurrl.envs.minari_writer import check_new_dataset, datasets_path, format_summary, record_dataset
@@ -85,8 +119,8 @@ def run(args: argparse.Namespace) -> int:
 
     # Batches of a few observations: one thread is faster than two fighting the env loop for cores.
     torch.set_num_threads(args.torch_threads)
-    if args.num_envs < 1:
-        raise ValueError(f"--num-envs must be >= 1, got {args.num_envs}")
+    check_output_dir(args.datasets_path, "--datasets-path")
+    (check_output_dir if args.suite else check_output_file)(args.export_hdf5, "--export-hdf5")
     log = (lambda _: None) if args.json else print
     with datasets_path(args.datasets_path):
         if args.suite:

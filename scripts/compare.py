@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from recurrl.scripts.options import check_output_dir, nonnegative_int, positive_int
+
 DESCRIPTION = """\
 Run a grid of ordinary training runs, one per (dataset, backbone, seed), then measure each (window-mode
 scores, per-tick latency, memory) and write results.csv, summary.md, summary.json and summary.png in --out.
@@ -30,14 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--online", action="store_true", help="compare recurrent PPO on --envs instead")
     parser.add_argument("--envs", nargs="+", metavar="E", help="gymnasium env ids (with --online)")
     parser.add_argument("--backbones", nargs="+", metavar="B", help="default: all six (online: and mlp)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="S")
+    parser.add_argument("--seeds", nargs="+", type=nonnegative_int, default=[0, 1, 2], metavar="S")
     parser.add_argument("--config", action="append", default=[], metavar="YAML", help="preset for every cell")
     parser.add_argument("--out", default="runs/compare", help="the grid's folder (default: runs/compare)")
-    parser.add_argument("--workers", type=int, default=1, help="cells at once (each on one thread)")
+    parser.add_argument("--workers", type=positive_int, default=1, help="cells at once (each on one thread)")
     parser.add_argument(
         "--match-params", action="store_true", help="offline: widths that match the first backbone's parameters"
     )
-    parser.add_argument("--episodes", type=int, help="evaluation episodes of the measure step (default: config)")
+    parser.add_argument("--episodes", type=positive_int, help="evaluation episodes of the measure step (default: config)")
     parser.add_argument("--print-commands", action="store_true", help="print the cells' commands, run nothing")
     parser.add_argument("--report", metavar="DIR", help="only rebuild DIR's reports from its finished cells")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -48,10 +50,7 @@ def build_grid(args: argparse.Namespace):
     from recurrl.agents.compare.grid import DECISION_BACKBONES, PPO_BACKBONES, Grid
     from recurrl.agents.compare.plan import check_offline, check_online
 
-    if args.workers <= 0:
-        raise ValueError(f"--workers must be positive, got {args.workers}")
-    if args.episodes is not None and args.episodes <= 0:
-        raise ValueError(f"--episodes must be positive, got {args.episodes}")
+    check_output_dir(args.out, "--out")
     if args.online:
         if args.datasets or not args.envs:
             raise ValueError("--online compares on --envs E [E ...] (not --datasets)")

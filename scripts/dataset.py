@@ -12,10 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from recurrl.scripts.options import check_output_file
+
 SOURCE_HELP = (
     "a Minari dataset id (under $MINARI_DATASETS_PATH, default ~/.minari/datasets), a Minari dataset "
     "directory, or a D4RL-format .hdf5 file"
 )
+
+CLIP_HELP = "clip actions outside the env's action space to its bounds (default: an error)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--download", action="store_true", help="fetch a Minari id from Minari's remote if missing"
     )
     info.add_argument("--env-id", help="evaluation env, for hdf5 files that do not name one (e.g. Hopper-v5)")
+    info.add_argument("--clip-actions", action="store_true", help=CLIP_HELP)
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(func=run_info)
 
@@ -42,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--download", action="store_true", help="fetch a Minari id from Minari's remote if missing"
     )
     export.add_argument("--env-id", help="evaluation env, for hdf5 files that do not name one")
+    export.add_argument("--clip-actions", action="store_true", help=CLIP_HELP)
     export.add_argument("--compress", action="store_true", help="gzip the arrays")
     export.set_defaults(func=run_export)
 
@@ -52,7 +58,9 @@ def run_info(args: argparse.Namespace) -> int:
     from recurrl.envs.datasets import dataset_summary, load_dataset
 
     start = time.perf_counter()
-    dataset = load_dataset(args.source, download=args.download, env_id=args.env_id)
+    dataset = load_dataset(
+        args.source, download=args.download, env_id=args.env_id, clip_actions=args.clip_actions
+    )
     load_seconds = time.perf_counter() - start
     summary = dataset_summary(dataset)
     summary["load_seconds"] = round(load_seconds, 3)
@@ -83,7 +91,10 @@ def run_info(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from recurrl.envs.datasets import export_hdf5, load_dataset
 
-    dataset = load_dataset(args.source, download=args.download, env_id=args.env_id)
+    check_output_file(args.output, "OUTPUT")
+    dataset = load_dataset(
+        args.source, download=args.download, env_id=args.env_id, clip_actions=args.clip_actions
+    )
     path = export_hdf5(dataset, args.output, compression="gzip" if args.compress else None)
     print(f"wrote {path}: {len(dataset.episodes)} episodes, {dataset.num_steps} steps (D4RL format)")
     return 0

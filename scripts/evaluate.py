@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
+
+from recurrl.scripts.options import check_output_file, finite_float, nonnegative_int, positive_int
 
 DESCRIPTION = """\
 Evaluate one or more checkpoints in parallel gymnasium envs and report mean +- std return and
@@ -28,19 +29,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint or run directories")
-    parser.add_argument("--episodes", type=int, default=10, help="episodes per target return and seed")
-    parser.add_argument("--num-envs", type=int, default=10, help="parallel envs")
-    parser.add_argument("--target-returns", type=float, nargs="+", help="default: the checkpoint's config")
+    parser.add_argument("--episodes", type=positive_int, default=10, help="episodes per target return and seed")
+    parser.add_argument("--num-envs", type=positive_int, default=10, help="parallel envs")
+    parser.add_argument("--target-returns", type=finite_float, nargs="+", help="default: the checkpoint's config")
     parser.add_argument(
         "--mode",
         choices=["stateful", "window", "both"],
         default="stateful",
         help="carry state or re-encode K steps",
     )
-    parser.add_argument("--context-length", type=int, help="window mode's K (default: the training K)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="env seeds (episodes run for each)")
+    parser.add_argument("--context-length", type=positive_int, help="window mode's K (default: the training K)")
+    parser.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0], help="env seeds (episodes run for each)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch default)")
+    parser.add_argument("--threads", type=nonnegative_int, default=1, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--stochastic", action="store_true", help="PPO only: sample actions")
     parser.add_argument("--output", help="write the results JSON here")
     parser.add_argument(
@@ -77,13 +78,9 @@ def expand(paths: list[str]) -> list[Path]:
 
 
 def read_kind(path: Path) -> str:
-    from recurrl.agents.checkpoint import CheckpointError
+    from recurrl.agents.checkpoint import read_meta
 
-    try:
-        meta = json.loads((path / "meta.json").read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path / 'meta.json'} is corrupt: {error}") from error
-    return str(meta.get("kind"))
+    return str(read_meta(path).get("kind"))  # a corrupt or incomplete checkpoint is one CheckpointError
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,8 +88,8 @@ def run(args: argparse.Namespace) -> int:
     from recurrl.agents.decision.evaluation import aggregate_checkpoints, evaluate_checkpoint
     from recurrl.agents.evaluation import fmt, format_summary, mean_std
 
-    if args.episodes <= 0 or args.num_envs <= 0:
-        raise ValueError("--episodes and --num-envs must be positive")
+    check_output_file(args.output, "--output")
+    check_output_file(args.plot, "--plot")
     if args.threads > 0:
         import torch
 

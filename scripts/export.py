@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from recurrl.scripts.options import check_output_file, finite_float, positive_int
+
 DESCRIPTION = """\
 Write the per-tick step of a Decision or PPO checkpoint (observation normalization included) as an
 ONNX graph whose recurrent state is explicit inputs and outputs, and OUT.json beside it naming every
@@ -29,26 +31,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("output", metavar="OUT.onnx", help="the ONNX file to write (OUT.json goes beside it)")
     parser.add_argument(
         "--target-return",
-        type=float,
+        type=finite_float,
         help="Decision agents: the target return the JSON names as default (the graph takes it as an input)",
     )
     parser.add_argument(
         "--latency", action="store_true", help="time the step per tick at B=1: ONNX vs PyTorch"
     )
-    parser.add_argument("--ticks", type=int, default=200, help="--latency: ticks per round")
-    parser.add_argument("--rounds", type=int, default=7, help="--latency: rounds (the median is reported)")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and onnxruntime")
+    parser.add_argument("--ticks", type=positive_int, default=200, help="--latency: ticks per round")
+    parser.add_argument("--rounds", type=positive_int, default=7, help="--latency: rounds (the median is reported)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="CPU threads for torch and onnxruntime")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     import torch
 
     from recurrl.agents.agent import load
     from recurrl.agents.export import export_onnx
 
-    if args.ticks <= 0 or args.rounds <= 0 or args.threads <= 0:
-        raise ValueError("--ticks, --rounds and --threads must be positive")
+    check_output_file(args.output, "OUT.onnx", (".onnx",))
+    check_output_file(Path(args.output).with_suffix(".json"), "OUT.onnx's description")
     torch.set_num_threads(args.threads)
     agent = load(args.checkpoint, target_return=args.target_return)
     info = export_onnx(agent, args.output, checkpoint=str(args.checkpoint))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from recurrl.scripts.options import check_output_file, finite_float, nonnegative_int, positive_int
+
 DESCRIPTION = """\
 Feed dataset segments to a Decision checkpoint with their recorded history (teacher forcing, no env)
 and compare the action loss with the recorded returns-to-go to the loss with the returns-to-go
@@ -29,12 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dataset", nargs="+", metavar="SOURCE", help="dataset ids or paths (default: the run's)"
     )
-    parser.add_argument("--segments", type=int, default=512, help="segments per set (episode starts, random)")
+    parser.add_argument("--segments", type=positive_int, default=512, help="segments per set (episode starts, random)")
     parser.add_argument(
-        "--scales", type=float, nargs="+", default=[0.0, 0.5, 2.0], help="return-to-go factors"
+        "--scales", type=finite_float, nargs="+", default=[0.0, 0.5, 2.0], help="return-to-go factors"
     )
-    parser.add_argument("--context-length", type=int, help="segment length K (default: the training K)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the segment draw")
+    parser.add_argument("--context-length", type=positive_int, help="segment length K (default: the training K)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the segment draw")
     parser.add_argument("--output", help="write the rows as JSON here")
     parser.set_defaults(func=run)
 
@@ -45,13 +47,18 @@ def run(args: argparse.Namespace) -> int:
     from recurrl.agents.decision.probe import check_dataset_spaces, format_row, rtg_sensitivity
     from recurrl.envs.datasets import load_dataset
 
+    check_output_file(args.output, "--output")
     model, meta = load_decision_checkpoint(args.checkpoint)
     spec = env_spec_from_meta(meta)
     sources = args.dataset or [meta["dataset"]]
     k = args.context_length or meta["config"]["context_length"]
     rows: list[dict[str, Any]] = []
     for source in sources:
-        dataset = load_dataset(source)
+        # A dataset that names no env is read as one for the checkpoint's env (its spaces are checked next).
+        config = meta.get("config", {})
+        dataset = load_dataset(
+            source, env_id=config.get("env_id"), clip_actions=bool(config.get("clip_actions", False))
+        )
         check_dataset_spaces(spec, dataset)
         for row in rtg_sensitivity(
             model,

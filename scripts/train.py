@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from recurrl.scripts.options import finite_float, nonnegative_int
+
 DESCRIPTION = """\
 Train a Decision-Transformer-style agent whose sequence model is any backbone, then evaluate the
 last and the best checkpoint and print the normalized score.
@@ -30,12 +32,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--config", action="append", default=[], metavar="YAML", help="preset file (repeatable)"
     )
     parser.add_argument("--dataset", help="dataset id or path (default: recurrl/hopper/medium-v0)")
+    parser.add_argument("--env-id", help="evaluation env, for a dataset that names none (e.g. Hopper-v5)")
+    parser.add_argument(
+        "--clip-actions",
+        action="store_true",
+        help="clip dataset actions outside the env's action space to its bounds (default: an error)",
+    )
     parser.add_argument("--backbone", help="mingru | minlstm | lstm | gru | mamba | transformer")
-    parser.add_argument("--steps", type=int, help="optimizer steps")
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--steps", type=nonnegative_int, help="optimizer steps")
+    parser.add_argument("--seed", type=nonnegative_int)
     parser.add_argument(
         "--target-return",
-        type=float,
+        type=finite_float,
         nargs="+",
         metavar="R",
         help="return(s) to condition evaluation on (eval.target_returns; default: DT's target for the D4RL envs, "
@@ -86,6 +94,7 @@ def build_config(args: argparse.Namespace):
     flag_overrides = []
     for flag, key in (
         ("dataset", "dataset"),
+        ("env_id", "env_id"),
         ("backbone", "model.backbone"),
         ("steps", "steps"),
         ("seed", "seed"),
@@ -97,6 +106,8 @@ def build_config(args: argparse.Namespace):
         value = getattr(args, flag)
         if value is not None:
             flag_overrides.append(f"{key}={value}")
+    if args.clip_actions:
+        flag_overrides.append("clip_actions=true")
     overrides = flag_overrides + list(args.overrides)
 
     resume_dir = resume_argument(args, overrides)

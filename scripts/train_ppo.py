@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from recurrl.scripts.options import check_output_file, nonnegative_int, positive_int
 from recurrl.scripts.train import add_run_options, resume_argument
 
 
@@ -32,8 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--backbone", help="mingru, minlstm, lstm, gru, mamba, transformer or mlp (no memory)"
     )
     parser.add_argument("--config", action="append", default=[], help="YAML config file (repeatable)")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--total-steps", type=int, help="env steps over all envs")
+    parser.add_argument("--seed", type=nonnegative_int)
+    parser.add_argument("--total-steps", type=positive_int, help="env steps over all envs")
     parser.add_argument(
         "--run-dir",
         help="output directory (TensorBoard, checkpoints/last, results.json; default "
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="measure env steps/s of this PPO and of sb3-contrib RecurrentPPO(MlpLstmPolicy) side by side",
     )
-    bench.add_argument("--repeats", type=int, default=3, help="benchmark repeats (medians are reported)")
+    bench.add_argument("--repeats", type=positive_int, default=3, help="benchmark repeats (medians are reported)")
     bench.add_argument(
         "--compare-sb3",
         action="store_true",
@@ -55,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "CartPoleNoVel-v1 hyperparameters; minGRU at lr 3e-4, LSTM at the Zoo's 1e-3; default 100k steps) and "
         "compare evaluation returns",
     )
-    bench.add_argument("--seeds", type=int, nargs="+", default=[0], help="--compare-sb3: seeds")
+    bench.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0], help="--compare-sb3: seeds")
     bench.add_argument("--output", help="--bench-sb3/--compare-sb3: also write the results as JSON here")
     parser.set_defaults(func=run)
 
@@ -128,6 +129,7 @@ def _resume_config(args: argparse.Namespace, resume_dir: str, overrides: list[st
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_file(args.output, "--output")
     if args.compare_sb3:
         from recurrl.agents.ppo.sb3_compare import compare_adapter
 
@@ -147,8 +149,6 @@ def run(args: argparse.Namespace) -> int:
     if args.bench_sb3:
         from recurrl.agents.ppo_throughput import format_report, run_benchmark
 
-        if args.repeats <= 0:
-            raise ValueError(f"--repeats must be positive, got {args.repeats}")
         result = run_benchmark(
             env_id=args.env or "CartPoleNoVel-v1",
             backbone=args.backbone or "mingru",

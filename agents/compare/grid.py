@@ -32,6 +32,7 @@ from typing import Any
 from tqdm import tqdm
 
 from recurrl.agents.checkpoint import write_json_atomic
+from recurrl.agents.run_dir import read_json
 
 DECISION_BACKBONES = ("mingru", "minlstm", "lstm", "gru", "mamba", "transformer")
 PPO_BACKBONES = (*DECISION_BACKBONES, "mlp")
@@ -140,9 +141,9 @@ def check_settings(grid: Grid) -> None:
     saved: dict[str, Any] = {}
     if path.is_file():
         try:
-            saved = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path} is corrupt ({error}); remove it or use another --out") from error
+            saved = read_json(path)
+        except ValueError as error:
+            raise ValueError(f"{error}; remove it or use another --out") from error
         differ = [key for key in settings if saved.get(key) != settings[key]]
         if differ:
             what = "; ".join(f"{key}: {saved.get(key)!r} there, {settings[key]!r} now" for key in differ)
@@ -258,6 +259,6 @@ def grid_from_json(out: Path) -> dict[str, Any]:
     path = out / "grid.json"
     if not path.is_file():
         raise ValueError(f"{out} is not a compare folder (no grid.json); run `recurrl compare ... --out {out}` first")
-    return json.loads(path.read_text())
+    return read_json(path)
 
 

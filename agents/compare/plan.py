@@ -28,7 +28,8 @@ def check_offline(grid: Grid, configs: list[str]) -> None:
         per_backbone[backbone] = config
     for task in grid.tasks:
         try:
-            dataset = load_dataset(task)
+            first = per_backbone[grid.backbones[0]]
+            dataset = load_dataset(task, env_id=first.env_id, clip_actions=first.clip_actions)
         except (ValueError, FileNotFoundError) as error:
             raise ValueError(f"dataset {task!r}: {error}") from error
         if dataset.ref_min_score is None or dataset.ref_max_score is None:

@@ -48,6 +48,8 @@ LR_SCHEDULES = ("constant", "cosine")
 @dataclass
 class DecisionConfig:
     dataset: str = "recurrl/hopper/medium-v0"  # dataset id or path (see `recurrl dataset`)
+    env_id: str | None = None  # evaluation env for a dataset that names none (or another one); None: the dataset's
+    clip_actions: bool = False  # clip actions outside the env's action space to its bounds (default: an error)
     run_name: str | None = None  # runs/<run_name>; default: <dataset>-<backbone>-s<seed>-<time>
     runs_dir: str = "runs"
     seed: int = 0
@@ -88,6 +90,7 @@ class DecisionConfig:
             (self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}"),
             (self.steps >= 0, f"steps must be >= 0, got {self.steps}"),
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
             (
                 self.lr_schedule in LR_SCHEDULES,
@@ -102,11 +105,18 @@ class DecisionConfig:
             (self.eval.num_envs > 0, f"eval.num_envs must be positive, got {self.eval.num_envs}"),
             (self.eval.every >= 0, f"eval.every must be >= 0, got {self.eval.every}"),
             (
+                self.eval.episodes_during_training > 0,
+                f"eval.episodes_during_training must be positive, got {self.eval.episodes_during_training}",
+            ),
+            (
                 all(math.isfinite(t) for t in self.eval.target_returns),
                 f"eval.target_returns must be finite numbers, got {self.eval.target_returns}",
             ),
             (self.model.hidden_dim > 0, f"model.hidden_dim must be positive, got {self.model.hidden_dim}"),
             (self.model.num_layers > 0, f"model.num_layers must be positive, got {self.model.num_layers}"),
+            (0 <= self.model.dropout < 1, f"model.dropout must be in [0, 1), got {self.model.dropout}"),
+            (self.model.return_scale > 0, f"model.return_scale must be positive, got {self.model.return_scale}"),
+            (self.model.max_timestep > 0, f"model.max_timestep must be positive, got {self.model.max_timestep}"),
             (
                 self.model.previous_actions or self.model.tokens == "fused",
                 "model.previous_actions=false needs model.tokens=fused (triple tokens give each action a token)",

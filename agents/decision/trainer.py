@@ -74,10 +74,10 @@ def default_run_name(config: DecisionConfig) -> str:
     return timestamped(f"{data}-{config.model.backbone}-s{config.seed}")
 
 
-def load_training_dataset(source: str) -> OfflineDataset:
+def load_training_dataset(source: str, env_id: str | None = None, clip_actions: bool = False) -> OfflineDataset:
     from recurrl.envs.datasets import load_dataset  # lazy: the loaders pull in minari/h5py
 
-    return load_dataset(source)
+    return load_dataset(source, env_id=env_id, clip_actions=clip_actions)
 
 
 class DecisionTrainer:
@@ -124,7 +124,7 @@ class DecisionTrainer:
     def _build(self, dataset: OfflineDataset | None) -> None:
         config = self.config
         seed_everything(config.seed)
-        self.dataset = dataset if dataset is not None else load_training_dataset(config.dataset)
+        self.dataset = dataset if dataset is not None else load_training_dataset(config.dataset, config.env_id, config.clip_actions)
         self.env_spec = EnvSpec.from_dataset(self.dataset)
         self._check_dataset_env()
         self._resolve_targets()

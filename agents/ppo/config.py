@@ -86,6 +86,14 @@ class PPOConfig:
             )
         if self.learning_rate <= 0 or self.clip_coef <= 0:
             raise ValueError("PPO config: learning_rate and clip_coef must be positive")
+        for name in ("ent_coef", "vf_coef", "torch_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"PPO config: {name} must be >= 0, got {getattr(self, name)}")
+        for name in ("max_grad_norm", "clip_obs", "clip_reward"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"PPO config: {name} must be positive, got {getattr(self, name)}")
+        if self.target_kl is not None and self.target_kl <= 0:
+            raise ValueError(f"PPO config: target_kl must be positive (or null: no early stop), got {self.target_kl}")
         if self.head_hidden < 0 or self.checkpoint_every <= 0:
             raise ValueError("PPO config: head_hidden must be >= 0 and checkpoint_every > 0")
         if self.eval_every < 0 or self.eval_episodes <= 0:

@@ -5,10 +5,14 @@ Every backbone maps `[B, T, input_dim] -> [B, T, hidden_dim]` and carries a recu
 State convention (all backbones): a state is a tuple of tensors, each with the batch on dim 0.
 The all-zeros state is the fresh state, so "reset env i" is always "zero row i of every tensor"
 (`mask_state`). Generic code (PPO's per-sequence initial states, evaluation's per-env resets) relies
-only on this, never on what a backbone keeps inside.
+only on this, never on what a backbone keeps inside. The states `initial_state`/`forward`/`step`
+return are `BackboneState`s: tuples that also record which backbone configuration made them, so a
+state of the right shapes from another backbone is refused; a plain tuple (e.g. one generic code
+rebuilt) is checked tensor by tensor.
 
 Subclasses implement `_forward`, `_step`, `state_shapes`; the public `forward`/`step` validate
-inputs first, so every backbone rejects bad shapes, dtypes, devices and foreign states the same way.
+inputs first, so every backbone rejects bad shapes, dtypes (the parameters' dtype, unless autocast
+is on), empty sequences, devices and foreign states the same way, with a ValueError.
 """
 
 from __future__ import annotations
@@ -23,12 +27,40 @@ from torch import Tensor, nn
 State = tuple[Tensor, ...]
 
 
+class BackboneState(tuple):
+    """A backbone's state (a tuple of tensors) whose class records `made_by`: the configuration that made
+    it. One subclass per configuration (`state_type`), so making a state per tick costs what a tuple does."""
+
+    __slots__ = ()
+    made_by: ClassVar[tuple[Any, ...] | None] = None
+
+    def __reduce__(self) -> Any:  # copies and pickles keep the record
+        return _rebuild_state, (tuple(self), self.made_by)
+
+
+_STATE_TYPES: dict[tuple[Any, ...], type[BackboneState]] = {}
+
+
+def state_type(made_by: tuple[Any, ...]) -> type[BackboneState]:
+    """The BackboneState subclass of states made by one backbone configuration."""
+    cls = _STATE_TYPES.get(made_by)
+    if cls is None:
+        cls = type(f"{made_by[0]}State", (BackboneState,), {"__slots__": (), "made_by": made_by})
+        _STATE_TYPES[made_by] = cls
+    return cls
+
+
+def _rebuild_state(tensors: tuple[Tensor, ...], made_by: tuple[Any, ...] | None) -> tuple[Tensor, ...]:
+    return tensors if made_by is None else state_type(made_by)(tensors)
+
+
 class Backbone(nn.Module, ABC):
     """Sequence model with a parallel `forward` and a per-tick `step` that agree."""
 
     name: ClassVar[str] = ""
-    # Attributes derived from the parameters, reset to None whenever those may have changed.
-    _cache_attrs: ClassVar[tuple[str, ...]] = ("_param_device",)
+    # Attributes derived from the parameters, reset to None whenever those may have changed and left out
+    # of copies and pickles (a subclass lists its own; these are always included).
+    _cache_attrs: ClassVar[tuple[str, ...]] = ("_param_device", "_param_dtype", "_state_type")
 
     def __init__(self, input_dim: int, hidden_dim: int, num_layers: int = 1) -> None:
         super().__init__()
@@ -40,8 +72,10 @@ class Backbone(nn.Module, ABC):
         self.input_dim = input_dim
         self.hidden_dim = hidden_dim
         self.num_layers = num_layers
-        # The parameters' device, found once (see `_device`); None = not looked up yet.
+        # The parameters' device and floating dtype, found once (see `_device`); None = not looked up yet.
         self._param_device: torch.device | None = None
+        self._param_dtype: torch.dtype | None = None
+        self._state_type: type[BackboneState] | None = None  # the class of this backbone's states
 
     # ----------------------------------------------------------------- what subclasses provide
     @abstractmethod
@@ -60,9 +94,8 @@ class Backbone(nn.Module, ABC):
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         """The fresh state: zeros of `state_shapes()` for `batch_size` sequences."""
         device = self._device() if device is None else torch.device(device)
-        return tuple(
-            torch.zeros((batch_size, *shape), dtype=dtype, device=device)
-            for shape, dtype in self.state_shapes()
+        return self._wrap_state(
+            tuple(torch.zeros((batch_size, *shape), dtype=dtype, device=device) for shape, dtype in self.state_shapes())
         )
 
     def forward(
@@ -74,11 +107,17 @@ class Backbone(nn.Module, ABC):
         """
         self._check_x(x, 3, "[B, T, input_dim]")
         batch, length = x.shape[0], x.shape[1]
+        if length == 0:
+            raise ValueError(
+                f"{type(self).__name__}: empty sequence: x has shape {tuple(x.shape)} (T=0); forward needs "
+                "at least one step per sequence"
+            )
         if state is not None:
             self.check_state(state, batch, x.device)
         if episode_starts is not None:
             episode_starts = self._check_starts(episode_starts, (batch, length), x.device)
-        return self._forward(x, state, episode_starts)
+        y, new_state = self._forward(x, state, episode_starts)
+        return y, self._wrap_state(new_state)
 
     def step(self, x: Tensor, state: State, episode_starts: Tensor | None = None) -> tuple[Tensor, State]:
         """One tick. x: [B, input_dim], state from `initial_state`/`forward`/`step` -> (y [B, hidden_dim], state)."""
@@ -88,7 +127,8 @@ class Backbone(nn.Module, ABC):
         if episode_starts is not None:
             episode_starts = self._check_starts(episode_starts, (batch,), x.device)
             state = mask_state(state, episode_starts)
-        return self._step(x, state)
+        y, new_state = self._step(x, state)
+        return y, self._wrap_state(new_state)
 
     def num_parameters(self) -> int:
         return count_parameters(self)
@@ -96,6 +136,12 @@ class Backbone(nn.Module, ABC):
     # ----------------------------------------------------------------- validation
     def check_state(self, state: State, batch_size: int, device: torch.device) -> None:
         """Reject a state from another backbone, configuration or batch size with a clear message."""
+        made_by = getattr(state, "made_by", None)
+        if made_by is not None and type(state) is not self._state_type and made_by != self._made_by():
+            raise ValueError(
+                f"{self._describe()}: this state was made by another backbone, {_format_made_by(made_by)}; "
+                "use this backbone's initial_state() (or the state its own forward/step returned)"
+            )
         expected = self.state_shapes()
         if not isinstance(state, tuple) or len(state) != len(expected):
             got = f"tuple of {len(state)} tensors" if isinstance(state, tuple) else type(state).__name__
@@ -121,6 +167,17 @@ class Backbone(nn.Module, ABC):
                     f"{self._describe()}: state[{i}] is on {tensor.device} but the input is on {device}"
                 )
 
+    def _made_by(self) -> tuple[Any, ...]:
+        """What a state records about the backbone that made it: class, widths, per-sample state shapes."""
+        shapes = tuple(shape for shape, _ in self.state_shapes())
+        return (type(self).__name__, self.input_dim, self.hidden_dim, self.num_layers, shapes)
+
+    def _wrap_state(self, state: State) -> BackboneState:
+        cls = self._state_type
+        if cls is None:
+            cls = self._state_type = state_type(self._made_by())
+        return cls(state)
+
     def _describe(self) -> str:
         """For error messages only (formatted on failure, not on every per-tick check)."""
         return f"{type(self).__name__}(name={self.name!r}, hidden_dim={self.hidden_dim}, num_layers={self.num_layers})"
@@ -135,6 +192,12 @@ class Backbone(nn.Module, ABC):
             )
         if not x.is_floating_point():
             raise ValueError(f"{name}: expected a floating-point input shaped {layout}, got dtype {x.dtype}")
+        param_dtype = self._param_dtype or self._dtype()  # (the attribute first: this runs every tick)
+        if param_dtype is not None and x.dtype != param_dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(
+                f"{name}: expected {param_dtype} input (the parameters' dtype), got {x.dtype}; convert the input "
+                f"(x.to({param_dtype})) or the model (model.to({x.dtype})), or run under torch.autocast"
+            )
         param_device = self._device()
         if x.device != param_device:
             raise ValueError(
@@ -168,9 +231,16 @@ class Backbone(nn.Module, ABC):
             self._param_device = next((p.device for p in self.parameters()), torch.device("cpu"))
         return self._param_device
 
+    def _dtype(self) -> torch.dtype | None:
+        """The parameters' floating dtype (None: no floating parameters), cached like `_device`."""
+        if self._param_dtype is None:
+            floats = (p.dtype for p in self.parameters() if p.is_floating_point())
+            self._param_dtype = next(floats, None)
+        return self._param_dtype
+
     def _forget_caches(self) -> None:
         """Drop what was derived from the parameters (`_cache_attrs`): after a move or a load."""
-        for name in self._cache_attrs:
+        for name in {*self._cache_attrs, *Backbone._cache_attrs}:
             setattr(self, name, None)
 
     def _apply(self, fn: Any, recurse: bool = True) -> Backbone:
@@ -184,7 +254,7 @@ class Backbone(nn.Module, ABC):
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles start without the caches: they describe the original's tensors."""
         state = dict(super().__getstate__())
-        state.update(dict.fromkeys(self._cache_attrs))
+        state.update(dict.fromkeys({*self._cache_attrs, *Backbone._cache_attrs}))
         return state
 
 
@@ -206,6 +276,14 @@ def compiled_step(backbone: Any, x: Tensor, state: State, max_batch: int) -> Any
     if fused is None or (not isinstance(fused, str) and not fused.current()):
         fused = backbone._fused_step = backbone._build_fused_step(x.device)
     return None if isinstance(fused, str) else fused
+
+
+def _format_made_by(made_by: tuple[Any, ...]) -> str:
+    try:
+        cls, input_dim, hidden_dim, num_layers, shapes = made_by
+    except (TypeError, ValueError):
+        return repr(made_by)
+    return f"{cls}(input_dim={input_dim}, hidden_dim={hidden_dim}, num_layers={num_layers}, state shapes {list(shapes)})"
 
 
 def mask_state(state: State, episode_starts: Tensor) -> State:

@@ -30,6 +30,11 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from torch import Tensor, nn
 
+# Compiled as numpy would run it: a division by zero or a NaN gives inf/NaN (as the eager torch step
+# does), never a ZeroDivisionError (numba's default, Python's error model). The fast-math flags leave
+# out nnan/ninf: with them LLVM may assume no NaN/inf exist and turn a NaN input into anything.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
 # The layout tables hold indices into the table of parameter addresses (-1: absent).
 # Per block: one row of SLOTS entries.
 NORM1_W, NORM1_B, PROJ_W, PROJ_B, OUT_W, NORM2_W, NORM2_B, UP_W, UP_B, DOWN_W, DOWN_B = range(11)
@@ -51,13 +56,13 @@ def _pointer(typingctx, address):  # type: ignore[no-untyped-def]
     return types.voidptr(address), codegen
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _param(ws: np.ndarray, i: int, shape: tuple) -> np.ndarray:
     """Parameter i (fp32, contiguous) as an array of `shape`, read in place from its address ws[i]."""
     return carray(_pointer(ws[i]), shape, np.float32)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _linear(ws: np.ndarray, w_i: int, b_i: int, x: np.ndarray, out_dim: int) -> np.ndarray:
     """x [B, in] -> x W^T + b [B, out]; W = parameter w_i [out, in], b = parameter b_i (-1: none)."""
     batch, in_dim = x.shape
@@ -90,7 +95,7 @@ def _linear(ws: np.ndarray, w_i: int, b_i: int, x: np.ndarray, out_dim: int) -> 
     return y
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _layer_norm(ws: np.ndarray, w_i: int, b_i: int, x: np.ndarray, eps: float) -> np.ndarray:
     """LayerNorm over the last dim of x [B, D] with parameters w_i (weight) and b_i (bias)."""
     batch, dim = x.shape
@@ -111,18 +116,18 @@ def _layer_norm(ws: np.ndarray, w_i: int, b_i: int, x: np.ndarray, eps: float) -
     return y
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _sigmoid(v: float) -> float:
     return 1.0 / (1.0 + math.exp(-v))
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _log_sigmoid(v: float) -> float:
     # log(sigmoid(v)) = min(v, 0) - log1p(exp(-|v|)): no overflow at either end
     return min(v, 0.0) - math.log1p(math.exp(-abs(v)))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _tick(
     ws: np.ndarray,
     layers: np.ndarray,
