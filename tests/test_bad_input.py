@@ -237,3 +237,17 @@ def test_real_process_exit_code_and_debug_traceback(paths):
     assert plain.stderr.strip().splitlines()[-1].startswith("recurrl evaluate: error:")
     debug = subprocess.run(command, capture_output=True, text=True, env={**env, "RECURRL_DEBUG": "1"}, timeout=120)
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "CheckpointError" in debug.stderr
+
+
+def test_clip_actions_clips_to_the_bounds_and_warns(paths):
+    import numpy as np
+
+    from recurrl.envs.dataset_checks import DataWarning
+    from recurrl.envs.datasets import load_dataset
+
+    with pytest.warns(DataWarning, match="clipped 1 action value"):
+        dataset = load_dataset(paths["outside"], clip_actions=True)
+    actions = np.concatenate([e.actions for e in dataset.episodes])
+    assert actions.max() == 1.0 and actions.min() >= -1.0
+    with pytest.warns(DataWarning, match="read as one episode"):
+        assert len(load_dataset(paths["nobounds"]).episodes) == 1
