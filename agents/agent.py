@@ -25,7 +25,6 @@ of `predict` reproduces `recurrl evaluate` episode by episode (tests/test_agent_
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from recurrl.agents.checkpoint import META, CheckpointError
+from recurrl.agents.checkpoint import META, CheckpointError, read_meta
 from recurrl.policies.backbones.base import State
 from recurrl.policies.decision import DecisionModel
 
@@ -58,10 +57,7 @@ def checkpoint_path(path: str | Path) -> Path:
 
 def checkpoint_kind(path: Path) -> str:
     """'decision' or 'ppo'; anything else is a CheckpointError naming what was found."""
-    try:
-        kind = json.loads((path / META).read_text()).get("kind")
-    except (json.JSONDecodeError, AttributeError) as error:
-        raise CheckpointError(f"{path / META} is corrupt: {error}") from error
+    kind = read_meta(path).get("kind")  # corrupt, not UTF-8, not an object, incomplete: one CheckpointError
     if kind not in KINDS:
         raise CheckpointError(
             f"{path}: unknown checkpoint kind {kind!r}; recurrl loads 'decision' and 'ppo' checkpoints"

@@ -28,8 +28,8 @@ def load_config(cls: type[T], paths: list[str | Path] | None = None, overrides: 
             raise ValueError(f"config file {str(path)!r} not found")
         try:
             data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ValueError(f"config file {str(path)!r} is not valid YAML: {error}") from error
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise ValueError(f"config file {str(path)!r} is not valid YAML text: {error}") from error
         if not isinstance(data, dict):
             raise ValueError(f"config file {str(path)!r} must hold a mapping of keys to values")
         _deep_merge(merged, data)

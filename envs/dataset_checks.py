@@ -103,29 +103,30 @@ def make_dataset_env(name: str, env_id: str, env_kwargs: dict[str, Any] | None =
         ) from error
 
 
+def _mismatch(name: str, what: str, shape: tuple, env_id: str, space: gym.Space, detail: str = "") -> ValueError:
+    """The error for data whose per-step `what` (observations/actions) does not fit the env's space."""
+    kind = "observation" if what == "observations" else "action"
+    expected = "one integer per step" if isinstance(space, gym.spaces.Discrete) else f"shape {space.shape}"
+    return ValueError(
+        f"{name}: {what} have shape {tuple(shape)} per step{detail}, but env {env_id}'s {kind} space is {space} "
+        f"({expected}); the data was recorded on another env (name the right one with {ENV_ID_HINT})"
+    )
+
+
 def check_array_shapes(
     name: str, env_id: str, obs_space: gym.Space, act_space: gym.Space, observations: Any, actions: Any
 ) -> None:
     """Flat per-step arrays [N, ...] against the env's spaces, before they are cut into episodes."""
     obs_shape, act_shape = tuple(observations.shape[1:]), tuple(actions.shape[1:])
     if obs_shape != obs_space.shape:
-        raise ValueError(
-            f"{name}: observations have shape {obs_shape} per step, but env {env_id}'s observation space is "
-            f"{obs_space} (shape {obs_space.shape}); the data was recorded on another env (name the right one with {ENV_ID_HINT})"
-        )
+        raise _mismatch(name, "observations", obs_shape, env_id, obs_space)
     if isinstance(act_space, gym.spaces.Discrete):
-        integral = np.asarray(actions).dtype.kind in "iub" or bool(np.all(np.mod(actions, 1) == 0))
+        dtype = np.asarray(actions).dtype
+        integral = dtype.kind in "iub" or bool(np.all(np.mod(actions, 1) == 0))
         if act_shape not in ((), (1,)) or not integral:
-            raise ValueError(
-                f"{name}: actions have shape {act_shape} per step ({np.asarray(actions).dtype}), but env {env_id}'s "
-                f"action space is {act_space} (one integer per step); the data was recorded on another env "
-                f"(name the right one with {ENV_ID_HINT})"
-            )
+            raise _mismatch(name, "actions", act_shape, env_id, act_space, f" ({dtype})")
     elif act_shape != act_space.shape:
-        raise ValueError(
-            f"{name}: actions have shape {act_shape} per step, but env {env_id}'s action space is {act_space} "
-            f"(shape {act_space.shape}); the data was recorded on another env (name the right one with {ENV_ID_HINT})"
-        )
+        raise _mismatch(name, "actions", act_shape, env_id, act_space)
 
 
 def check_env_spaces(dataset: OfflineDataset, clip_actions: bool = False) -> None:
@@ -136,12 +137,8 @@ def check_env_spaces(dataset: OfflineDataset, clip_actions: bool = False) -> Non
     env.close()
     name, env_id = dataset.name, dataset.env_id
     first = dataset.episodes[0]
-    obs_shape = first.observations.shape[1:]
-    if obs_shape != env_obs.shape:
-        raise ValueError(
-            f"{name}: observations have shape {obs_shape} per step, but env {env_id}'s observation space is "
-            f"{env_obs} (shape {env_obs.shape}); the data was recorded on another env (name the right one with {ENV_ID_HINT})"
-        )
+    if first.observations.shape[1:] != env_obs.shape:
+        raise _mismatch(name, "observations", first.observations.shape[1:], env_id, env_obs)
     if isinstance(env_act, gym.spaces.Discrete):
         if not isinstance(dataset.action_space, gym.spaces.Discrete) or dataset.action_space.n != env_act.n:
             raise ValueError(
@@ -155,12 +152,8 @@ def check_env_spaces(dataset: OfflineDataset, clip_actions: bool = False) -> Non
                 f"{name}: actions range over [{low}, {top}], outside env {env_id}'s action space {env_act}"
             )
         return
-    act_shape = first.actions.shape[1:]
-    if not isinstance(env_act, gym.spaces.Box) or act_shape != env_act.shape:
-        raise ValueError(
-            f"{name}: actions have shape {act_shape} per step, but env {env_id}'s action space is {env_act}; "
-            f"the data was recorded on another env (name the right one with {ENV_ID_HINT})"
-        )
+    if not isinstance(env_act, gym.spaces.Box) or first.actions.shape[1:] != env_act.shape:
+        raise _mismatch(name, "actions", first.actions.shape[1:], env_id, env_act)
     check_action_bounds(dataset, env_act, clip_actions)
 
 

@@ -18,13 +18,41 @@ def make_vector_env(
         raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
     if env_id not in gym.registry:
         raise ValueError(f"unknown environment id {env_id!r}; is it registered with gymnasium?")
-    return gym.make_vec(
-        env_id,
-        num_envs=num_envs,
-        vectorization_mode=vectorization,
-        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
-        **(env_kwargs or {}),
-    )
+    try:
+        return gym.make_vec(
+            env_id,
+            num_envs=num_envs,
+            vectorization_mode=vectorization,
+            vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+            wrappers=[CheckObservationShape],
+            **(env_kwargs or {}),
+        )
+    except (gym.error.DependencyNotInstalled, ImportError) as error:
+        raise ValueError(f"environment {env_id!r} needs a package that is not installed: {error}") from error
+
+
+class CheckObservationShape(gym.Wrapper):
+    """An observation whose shape is not the env's observation_space's is an error naming both, at the
+    reset or step that returns it (the vector env would otherwise fail to stack it, or a model later)."""
+
+    def reset(self, **kwargs: Any) -> Any:
+        obs, info = self.env.reset(**kwargs)
+        self._check(obs, "reset")
+        return obs, info
+
+    def step(self, action: Any) -> Any:
+        result = self.env.step(action)
+        self._check(result[0], "step")
+        return result
+
+    def _check(self, obs: Any, where: str) -> None:
+        space = self.observation_space
+        if isinstance(space, gym.spaces.Box) and np.shape(obs) != space.shape:
+            raise ValueError(
+                f"environment {self.spec.id if self.spec else self.env!s} returned an observation of shape "
+                f"{np.shape(obs)} from {where}(), but its observation_space is {space} (shape {space.shape}); "
+                "fix the env or wrap it so both agree"
+            )
 
 
 def check_finite(name: str, values: np.ndarray, env_id: str, global_step: int) -> None:

@@ -88,7 +88,12 @@ def _one_line_warnings(command: str, default: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        if exit_.code == 2:
+            return 2  # a bad option: CLIParser.error printed its line (--help and others exit as usual)
+        raise
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -110,13 +110,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import gymnasium as gym
     import torch
 
+    import recurrl.envs  # noqa: F401  (registers the POMDP env ids)
     from recurrl.envs.minari_writer import check_new_dataset, datasets_path, format_summary, record_dataset
     from recurrl.envs.record import collect_policy
     from recurrl.envs.scores import D4RL_REF_SCORES, d4rl_task_name
     from recurrl.envs.suites import build_suite, suite_dataset_id
 
+    if args.env not in gym.registry:
+        raise ValueError(f"--env {args.env!r} is not a registered gymnasium env id")
     # Batches of a few observations: one thread is faster than two fighting the env loop for cores.
     torch.set_num_threads(args.torch_threads)
     check_output_dir(args.datasets_path, "--datasets-path")

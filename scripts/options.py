@@ -39,10 +39,10 @@ def check_output_file(path: str | Path | None, option: str, suffixes: tuple[str,
     if path is None:
         return
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{option} {str(path)!r} is a directory; give a file path")
     if suffixes and path.suffix.lower() not in suffixes:
         raise ValueError(f"{option} {str(path)!r} must end in {' or '.join(suffixes)}")
+    if path.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a directory; give a file path")
     _check_parents(path, option)
 
 
@@ -60,5 +60,5 @@ def _check_parents(path: Path, option: str) -> None:
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise ValueError(f"{option} {str(path)!r}: {str(parent)!r} is a file, not a directory")
+                raise ValueError(f"cannot write {option} {str(path)!r}: {str(parent)!r} is a file, not a directory")
             return

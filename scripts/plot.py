@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from recurrl.scripts.options import check_output_file
-
 DESCRIPTION = """\
 Draw the learning curves of one or more runs: the normalized score (or the return, for data without
 reference scores) of a Decision run's evaluations, and the evaluation return (or, without periodic
@@ -34,7 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from recurrl.agents.curves import plot_learning_curves
 
-    check_output_file(args.output, "--output", (".png", ".pdf", ".svg"))
     groups = plot_learning_curves(args.runs, args.output, tag=args.tag, title=args.title)
     for group in groups:
         last = f"{group.mean[-1]:.1f}" + (f" +- {group.std[-1]:.1f}" if len(group.curves) > 1 else "")

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from recurrl.agents.checkpoint import write_json_atomic
+from recurrl.agents.run_dir import read_json
 
 OFFLINE_COLUMNS = [
     "task", "backbone", "seed", "parameters", "hidden_dim", "steps",
@@ -211,7 +212,7 @@ def write_plot(summary: dict[str, Any], path: Path, title: str) -> None:
 
 def write_reports(out: Path, tasks: list[str] | None = None, backbones: list[str] | None = None) -> dict[str, Any]:
     rows = read_rows(out)
-    order = json.loads((out / "grid.json").read_text()).get("order", {}) if (out / "grid.json").is_file() else {}
+    order = read_json(out / "grid.json").get("order", {}) if (out / "grid.json").is_file() else {}
     tasks, backbones = tasks or order.get("tasks"), backbones or order.get("backbones")
     if not rows:
         raise ValueError(f"{out} has no finished cells yet (cells/*.json); nothing to report")
