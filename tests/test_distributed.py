@@ -102,6 +102,7 @@ def test_batch_must_divide_and_bad_launch_settings_are_one_clear_error(monkeypat
     monkeypatch.setattr(torch.distributed, "is_available", lambda: False)
     with pytest.raises(ValueError, match="this torch build has no torch.distributed"):
         Distributed.from_env("cpu")
+    assert cli(["train-ppo", "--env", "CartPoleNoVel-v1"]) == 2  # one process only: it says so
     monkeypatch.setenv("RECURRL_DIST_TIMEOUT_S", "soon")
     monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
     monkeypatch.setenv("RECURRL_DIST_BACKEND", "gloo")
