@@ -107,8 +107,8 @@ class Distributed:
         try:
             yield
         except RuntimeError as error:
-            if isinstance(error, DistributedError):
-                raise
+            if isinstance(error, DistributedError) or not _communication_error(error):
+                raise  # this process's own error (out of memory, a bug): as it is
             detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
             raise DistributedError(
                 f"rank {self.rank}: {what} failed: another process of the run died, hangs or cannot be "
@@ -246,6 +246,17 @@ def timeout_s() -> float:
     if not seconds > 0:
         raise ValueError(f"{TIMEOUT_ENV}={value!r}: must be positive")
     return seconds
+
+
+# What gloo's and NCCL's errors say when a peer is gone or silent (they are plain RuntimeErrors).
+COMMUNICATION_WORDS = ("gloo", "nccl", "connection", "peer", "timed out", "timeout", "socket", "broken pipe")
+
+
+def _communication_error(error: RuntimeError) -> bool:
+    import torch.distributed as dist
+
+    text = str(error).lower()
+    return isinstance(error, dist.DistError) or any(word in text for word in COMMUNICATION_WORDS)
 
 
 def _process_device(name: str, local_rank: int) -> torch.device:

@@ -25,7 +25,7 @@ from recurrl.agents.decision.data import SegmentSampler
 from recurrl.agents.decision.evaluation import evaluate_model, run_episodes
 from recurrl.agents.decision.model_io import EnvSpec, build_model, model_kwargs
 from recurrl.agents.decision.trainer import DecisionTrainer
-from recurrl.agents.distributed import Distributed, PeerFailed
+from recurrl.agents.distributed import Distributed, DistributedError, PeerFailed
 from recurrl.agents.evaluation import merge_slots
 from recurrl.envs.datasets import export_hdf5
 from recurrl.envs.episodes import OfflineDataset
@@ -108,6 +108,17 @@ def test_batch_must_divide_and_bad_launch_settings_are_one_clear_error(monkeypat
     monkeypatch.setenv("RECURRL_DIST_BACKEND", "gloo")
     with pytest.raises(ValueError, match="RECURRL_DIST_TIMEOUT_S='soon'"):
         Distributed.from_env("cpu")
+
+
+def test_only_communication_failures_are_blamed_on_other_processes() -> None:
+    dist = Distributed(world_size=2)
+    with pytest.raises(DistributedError, match="rank 0: the gradient all-reduce failed: another process"):
+        with dist.collective("the gradient all-reduce"):
+            raise RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer")
+    with pytest.raises(RuntimeError, match="out of memory") as raised:  # this process's own error, as it is
+        with dist.collective("the gradient all-reduce"):
+            raise RuntimeError("CUDA out of memory")
+    assert not isinstance(raised.value, DistributedError)
 
 
 def test_dropout_seeds_differ_per_rank_and_step_and_repeat() -> None:
