@@ -107,8 +107,8 @@ class Distributed:
         try:
             yield
         except RuntimeError as error:
-            if isinstance(error, DistributedError):
-                raise
+            if isinstance(error, DistributedError) or not _communication_error(error):
+                raise  # this process's own error (out of memory, a bug): as it is
             detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
             raise DistributedError(
                 f"rank {self.rank}: {what} failed: another process of the run died, hangs or cannot be "
@@ -187,7 +187,10 @@ class Distributed:
         no_sync = {"forward_sync_buffers" if new_name else "broadcast_buffers": False}
         with self.collective("setting up DistributedDataParallel"):
             ddp = DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None, **no_sync
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                gradient_as_bucket_view=True,  # no copy of the reduced gradients back (1.5 ms a step on CPU)
+                **no_sync,
             )
         ddp.register_comm_hook(None, _sum_gradients)
         return ddp
@@ -216,6 +219,14 @@ class Distributed:
         ranks drop different units and a resume under any number of processes continues exactly."""
         return int(np.random.SeedSequence([seed, step, self.rank]).generate_state(1)[0])
 
+    def seed_step(self, seed: int, step: int) -> None:
+        """Seed this device's torch generator for step `step` (torch.manual_seed would also seed every
+        other backend: 0.3 ms a step, measured, against 5 us for the one generator)."""
+        value = self.step_seed(seed, step)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(value)
+        torch.default_generator.manual_seed(value)
+
     def resume_command(self, command: str) -> str:
         """How to launch `command` (e.g. "recurrl train") again with this run's processes."""
         if not self.enabled:
@@ -235,6 +246,17 @@ def timeout_s() -> float:
     if not seconds > 0:
         raise ValueError(f"{TIMEOUT_ENV}={value!r}: must be positive")
     return seconds
+
+
+# What gloo's and NCCL's errors say when a peer is gone or silent (they are plain RuntimeErrors).
+COMMUNICATION_WORDS = ("gloo", "nccl", "connection", "peer", "timed out", "timeout", "socket", "broken pipe")
+
+
+def _communication_error(error: RuntimeError) -> bool:
+    import torch.distributed as dist
+
+    text = str(error).lower()
+    return isinstance(error, dist.DistError) or any(word in text for word in COMMUNICATION_WORDS)
 
 
 def _process_device(name: str, local_rank: int) -> torch.device:

@@ -27,7 +27,11 @@
 # GPU_CHECK_DEVICE=cpu runs the same steps small on the CPU (the CUDA-only ones skipped): a test of
 # this script on a machine without a GPU. --dry-run prints the plan and runs nothing.
 # On the lent GPU machines only 8 files come back: tar the folder, e.g.
-#   bash scripts/gpu_check.sh /tmp/gpu && tar czf $OUT/gpu_check.tgz -C /tmp gpu
+#   bash scripts/gpu_check.sh /tmp/gpu; tar czf $OUT/gpu_check.tgz -C /tmp gpu
+# They reach no package index either: carry wheels for their Python (3.12) in an ignored folder, e.g.
+#   python3 -m pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#     --platform manylinux_2_28_x86_64 -d .whl gymnasium minari mujoco mambapy
+# and run WHEELS=.whl bash scripts/gpu_check.sh ...; without them the steps that need gymnasium fail, saying so.
 set -uo pipefail
 
 if [ $# -lt 1 ] || [ "${1:0:1}" = "-" ]; then
@@ -114,7 +118,8 @@ setup_python() { # sets PY (and PYTHONPATH when recurrl is linked in rather than
     need=$("$PY" -m recurrl.agents.gpu_check missing)
     echo "using $PY with recurrl linked from $site; missing: ${need:-nothing}"
     # shellcheck disable=SC2046,SC2086
-    [ -z "$need" ] || "$PY" -m pip install -q $(pip_source) $need
+    [ -z "$need" ] || "$PY" -m pip install -q $(pip_source) $need ||
+      echo "pip could not install $need: the steps that need them will fail (set WHEELS=DIR offline)"
   else
     echo "no torch that sees the $DEVICE: scripts/setup.sh"
     TORCH_SPEC=${TORCH_SPEC:-"torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"} bash scripts/setup.sh
@@ -135,7 +140,7 @@ else
     echo "[setup] failed: no torch that sees the $DEVICE; see $OUT/setup.log"
     exit 1
   fi
-  record setup ok $(($(date +%s) - t0)) $rc "$(grep -v '^\s*$' "$OUT/setup.log" | head -n 1 | cut -c1-200)" ""
+  record setup ok $(($(date +%s) - t0)) $rc "$(grep -v '^\s*$' "$OUT/setup.log" | grep -v '^WARNING' | sed -n '1p;$p' | uniq | tr '\n' ' ' | cut -c1-300)" ""
   echo "[setup] $(head -n 1 "$OUT/setup.log") ($(($(date +%s) - t0))s)"
   "$PY" -c 'import json, platform, subprocess, torch
 info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}

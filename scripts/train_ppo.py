@@ -163,6 +163,13 @@ def run(args: argparse.Namespace) -> int:
             write_json_atomic(args.output, result)
         return 0
 
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # N copies would fight over one run directory
+        raise ValueError(
+            f"torchrun started {os.environ['WORLD_SIZE']} processes: data-parallel training is for recurrl train "
+            "(the Decision agent); run recurrl train-ppo as one process"
+        )
     from recurrl.agents.ppo.ppo import train_ppo
 
     config = build_config(args)

@@ -17,14 +17,15 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_decision_train import collect
+from test_decision_train import collect, tiny_config
 
 from recurrl.agents.checkpoint import read_meta
 from recurrl.agents.decision.config import DecisionConfig
 from recurrl.agents.decision.data import SegmentSampler
 from recurrl.agents.decision.evaluation import evaluate_model, run_episodes
 from recurrl.agents.decision.model_io import EnvSpec, build_model, model_kwargs
-from recurrl.agents.distributed import Distributed, PeerFailed
+from recurrl.agents.decision.trainer import DecisionTrainer
+from recurrl.agents.distributed import Distributed, DistributedError, PeerFailed
 from recurrl.agents.evaluation import merge_slots
 from recurrl.envs.datasets import export_hdf5
 from recurrl.envs.episodes import OfflineDataset
@@ -101,6 +102,7 @@ def test_batch_must_divide_and_bad_launch_settings_are_one_clear_error(monkeypat
     monkeypatch.setattr(torch.distributed, "is_available", lambda: False)
     with pytest.raises(ValueError, match="this torch build has no torch.distributed"):
         Distributed.from_env("cpu")
+    assert cli(["train-ppo", "--env", "CartPoleNoVel-v1"]) == 2  # one process only: it says so
     monkeypatch.setenv("RECURRL_DIST_TIMEOUT_S", "soon")
     monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
     monkeypatch.setenv("RECURRL_DIST_BACKEND", "gloo")
@@ -108,10 +110,52 @@ def test_batch_must_divide_and_bad_launch_settings_are_one_clear_error(monkeypat
         Distributed.from_env("cpu")
 
 
+def test_only_communication_failures_are_blamed_on_other_processes() -> None:
+    dist = Distributed(world_size=2)
+    with pytest.raises(DistributedError, match="rank 0: the gradient all-reduce failed: another process"):
+        with dist.collective("the gradient all-reduce"):
+            raise RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer")
+    with pytest.raises(RuntimeError, match="out of memory") as raised:  # this process's own error, as it is
+        with dist.collective("the gradient all-reduce"):
+            raise RuntimeError("CUDA out of memory")
+    assert not isinstance(raised.value, DistributedError)
+
+
 def test_dropout_seeds_differ_per_rank_and_step_and_repeat() -> None:
     seeds = {Distributed(rank=r, world_size=2).step_seed(0, step) for r in range(2) for step in range(50)}
     assert len(seeds) == 100
     assert Distributed(rank=1, world_size=2).step_seed(0, 7) == Distributed(rank=1, world_size=3).step_seed(0, 7)
+
+
+@pytest.fixture
+def one_process_group(tmp_path: Path):
+    """A real (gloo) process group of one process, for rank 0's side of a run in this process."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    yield
+    torch.distributed.destroy_process_group()
+
+
+def test_rank_zero_with_dropout_resumes_exactly(tmp_path: Path, pendulum: OfflineDataset, one_process_group) -> None:
+    """Rank 0 of 2 (its half of every batch, DDP on a group of one): with dropout, its masks come from a
+    seed per step and rank, not from the RNG state a process carries, so N/2 + resume + N/2 steps give
+    the weights of N straight steps on every rank."""
+
+    def trainer(name: str, resume: bool = False) -> DecisionTrainer:
+        config = tiny_config(tmp_path, name, steps=16)
+        config.model.dropout, config.eval.every = 0.1, 0
+        return DecisionTrainer(config, pendulum, resume, show_progress=False, dist=Distributed(world_size=2))
+
+    straight = trainer("straight")
+    assert straight.train(until=8) is None and straight.config.world_size == 2
+    first = trainer("halves")
+    first.train(until=4)
+    del first
+    resumed = trainer("halves", resume=True)
+    assert resumed.step == 4
+    torch.manual_seed(12345)  # as on the other ranks, whose RNG state no checkpoint holds
+    resumed.train(until=8)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "halves")
+    assert all(torch.equal(a[key], b[key]) for key in a)
 
 
 # ----------------------------------------------------------------------------- torchrun

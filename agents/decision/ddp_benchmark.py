@@ -6,7 +6,9 @@ Each round runs the same short `recurrl train` once as one process and once unde
 the CPU, NCCL on a GPU), alternating, and reads the training speed rank 0 wrote in results.json
 (optimizer steps/s with evaluation excluded; batch_size is the global batch, so both runs do the
 same work per step). Medians over rounds, and the median of the per-round ratios, are reported: a
-shared machine is noisy, and neighbouring runs see the same load.
+shared machine is noisy, and neighbouring runs see the same load. Each run's CPU seconds (all its
+processes, start-up and final evaluation included) are reported too: two --steps values give the CPU
+cost of a step, which a loaded machine does not distort as it does wall time.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -50,6 +53,7 @@ def train_command(args: argparse.Namespace, nproc: int, runs_dir: Path, name: st
 
 def bench_ddp(args: argparse.Namespace) -> dict[str, Any]:
     speeds: dict[int, list[float]] = {1: [], args.nproc: []}
+    cpu: dict[int, list[float]] = {1: [], args.nproc: []}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or 1)}
     commands = {}
     with tempfile.TemporaryDirectory(prefix="recurrl-ddp-bench-") as tmp:
@@ -58,7 +62,10 @@ def bench_ddp(args: argparse.Namespace) -> dict[str, Any]:
                 name = f"round{round_index}-n{nproc}"
                 command = train_command(args, nproc, Path(tmp), name)
                 commands[nproc] = command
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 done = subprocess.run(command, env=env, capture_output=True, text=True)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)  # torchrun waited for its workers
+                cpu[nproc].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
                 if done.returncode != 0:
                     raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
                 results = json.loads((Path(tmp) / name / "results.json").read_text())
@@ -82,6 +89,7 @@ def bench_ddp(args: argparse.Namespace) -> dict[str, Any]:
         "commands": {str(n): " ".join(c) for n, c in commands.items()},
         "steps_per_sec": {str(n): v for n, v in speeds.items()},
         "steps_per_sec_median": {str(n): statistics.median(v) for n, v in speeds.items()},
+        "cpu_s_per_run": {str(n): v for n, v in cpu.items()},
         "speedup_median_ratio": statistics.median(ratios),
         "speedup_ratios": ratios,
     }

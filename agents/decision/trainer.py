@@ -238,20 +238,18 @@ class DecisionTrainer:
         size, total_steps = self.config.batch_size, None
         if self.dist.enabled:
             batch, total_steps = self.sampler.sample_rows(size, self.dist.rows(size))
-            torch.manual_seed(self.dist.step_seed(self.config.seed, self.step))
+            self.dist.seed_step(self.config.seed, self.step)
         else:
             batch = self.sampler.sample(size)
         batch = batch.to(self.device)
         model = self.model
         model.train()
         targets = model.normalize_actions(batch.actions)
-        with self.dist.collective("the gradient all-reduce"):
-            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                pred, _ = self.forward_model(
-                    batch.returns_to_go, batch.states, targets, batch.timesteps, batch.episode_starts
-                )
-            loss = action_loss(model, pred.float(), targets, batch.loss_mask, total_steps)
-            self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            pred, _ = self.forward_model(batch.returns_to_go, batch.states, targets, batch.timesteps, batch.episode_starts)
+        loss = action_loss(model, pred.float(), targets, batch.loss_mask, total_steps)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.dist.collective("the gradient all-reduce"):  # DDP reduces the gradients in backward
             loss.backward()
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.grad_clip)
