@@ -52,13 +52,15 @@ STATE_MEANING = {
 
 
 def eager_copy(module: nn.Module) -> nn.Module:
-    """A copy whose minGRU/minLSTM steps run the eager torch ops (scan="loop"), not the numba kernel."""
+    """A copy whose minGRU/minLSTM and Mamba steps run the eager torch ops (scan="loop" / "mambapy"), not
+    the numba kernels a tracer cannot see into."""
+    from recurrl.policies.backbones.mamba import MambaBackbone
     from recurrl.policies.backbones.minrnn import MinRNNBackbone
 
     module = copy.deepcopy(module).eval()
     for sub in module.modules():
-        if isinstance(sub, MinRNNBackbone):
-            sub.scan = "loop"
+        if isinstance(sub, (MinRNNBackbone, MambaBackbone)):
+            sub.scan = "loop" if isinstance(sub, MinRNNBackbone) else "mambapy"
             sub._forget_caches()
     return module
 
