@@ -171,6 +171,19 @@ class Distributed:
         if message is not None and not self.is_main:
             raise PeerFailed(f"rank {self.rank}: stopping because rank 0 failed ({message})")
 
+    def close(self) -> None:
+        """The end of a run: wait until no rank communicates any more, then leave the process group
+        while Python is fully alive. (Left to interpreter exit, gloo's threads were seen to abort a rank
+        with 'terminate called without an active exception' after a finished run.)"""
+        import torch.distributed as dist
+
+        if not self.enabled or not dist.is_initialized():
+            return
+        with self.collective("the final barrier"):
+            dist.barrier(group=self._control)
+        self._control = None
+        dist.destroy_process_group()
+
     # ------------------------------------------------------------------ training
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module to run training forward passes through: DistributedDataParallel, whose backward

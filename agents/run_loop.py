@@ -155,6 +155,7 @@ class Run:
         self.config, self.spec, self.path = config, spec, Path(path)
         self.dist = dist or Distributed()
         self.saved_step: int | None = None  # the step of checkpoints/last, once this process knows it
+        self.stopped = False  # stopped by a signal after a whole step, the checkpoint saved
         self.clock = {"wall_s": 0.0, "eval_s": 0.0}  # of the sessions before this one (from the checkpoint)
         self._session_start, self._session_eval, self.session_start_step = time.perf_counter(), 0.0, 0
         self.dir: RunDir | None = None  # rank 0's: the only process that touches the directory
@@ -271,6 +272,7 @@ class Run:
                 where = f"stopped at step {trainer.step:,}; checkpoint saved in {self.last}"
                 signal = stop.requested or "a stop signal to another process of the run"
                 self._say_how_to_resume(f"{signal}: {where}")
+                self.stopped = True  # at a step every process agreed on (under torchrun)
                 raise KeyboardInterrupt
             if trainer.step < self.spec.total_steps:
                 return None

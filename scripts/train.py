@@ -172,7 +172,13 @@ def _train(args: argparse.Namespace) -> int:
         f"({len(trainer.dataset.episodes)} episodes, {trainer.dataset.num_steps:,} steps), device {trainer.device}"
         + (f", {trainer.dist.world_size} processes ({trainer.dist.backend})" if trainer.dist.enabled else "")
     )
-    results = trainer.train()
+    try:
+        results = trainer.train()
+    except KeyboardInterrupt:
+        if trainer.run.stopped:  # every rank stopped after the same step: they can still meet
+            trainer.close()
+        raise
+    trainer.close()  # under torchrun: every rank finished, then the process group is left in order
     if results is None:
         return 0
     for name in ("last", "best"):

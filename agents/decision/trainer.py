@@ -305,6 +305,14 @@ class DecisionTrainer:
         """
         return self.run.train(self, until)
 
+    def close(self) -> None:
+        """Under torchrun, after the last collective: drop DDP (it holds the process group), leave the group."""
+        import gc
+
+        self.forward_model = self.model
+        gc.collect()  # DDP's hooks form reference cycles: free it now, not at interpreter exit
+        self.dist.close()
+
     def train_iteration(self) -> dict[str, float]:
         loss = self.train_step()
         return {"train/loss": loss, "train/lr": self.scheduler.get_last_lr()[0]}
