@@ -103,11 +103,14 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(grid.commands()))
         return 0
     check_settings(grid)
-    done, failed = run_grid(grid, args.workers, progress=not args.no_progress)
+    ran = run_grid(grid, args.workers, progress=not args.no_progress)
+    failed = ran.failed
     finished = [c for c in grid.cells() if grid.cell_file(c).is_file()]
     if finished:
         write_reports(grid.out, grid.tasks, grid.backbones)
         print(f"reports: {grid.out / 'summary.md'}, {grid.out / 'summary.png'}, {grid.out / 'results.csv'}")
+    if ran.overhead_line():
+        print(ran.overhead_line())
     if failed:
         print(f"{len(failed)} cell(s) failed (re-run the same command to retry them):")
         for cell, why in failed:

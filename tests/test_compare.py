@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,12 +35,16 @@ def test_offline_grid_end_to_end(tmp_path: Path, tiny_hopper_dataset_path: Path,
     assert code == 0, capsys.readouterr().err
     text = capsys.readouterr().out
     assert "all 4 cells done" in text and text.count("done ") >= 4
+    # The runner's own cost is reported against the cells' commands (an upper bound with 2 workers).
+    overhead = re.search(r"cells' own commands (\d+) s; runner overhead (-?[\d.]+)%", text)
+    assert overhead and float(overhead.group(1)) > 0, text
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert sorted((r["backbone"], r["seed"]) for r in rows) == [("lstm", "0"), ("lstm", "1"), ("mingru", "0"), ("mingru", "1")]
     for row in rows:
         assert row["steps"] == "40"
         for key in ("last_stateful_score", "last_window_score", "best_stateful_score", "train_steps_per_s",
-                    "tick_latency_us", "peak_rss_mib", "wall_time_s", "parameters", "dataset_score"):  # fmt: skip
+                    "tick_latency_us", "peak_rss_mib", "wall_time_s", "measure_time_s", "parameters",
+                    "dataset_score"):  # fmt: skip
             assert float(row[key]) == float(row[key]), key  # present and not NaN
         assert float(row["peak_rss_mib"]) > 50 and float(row["tick_latency_us"]) > 0
         assert Path(row["run_dir"], "results.json").is_file()  # each cell is an ordinary train run

@@ -186,22 +186,26 @@ class CellFailed(RuntimeError):
     pass
 
 
-def run_cell(grid: Grid, cell: Cell) -> dict[str, Any]:
-    """Train (or resume, or skip when trained) then measure one cell -> its row (also in cells/<cell>.json)."""
+def run_cell(grid: Grid, cell: Cell) -> tuple[dict[str, Any], float]:
+    """Train (or resume, or skip when trained) then measure one cell -> (its row, also in cells/<cell>.json;
+    the seconds its own commands ran now: training and measuring)."""
     run_dir, log = grid.run_dir(cell), grid.log_file(cell)
     attempts_file = grid.out / "cells" / f"{cell.name}.attempts.json"
     attempts = json.loads(attempts_file.read_text()) if attempts_file.is_file() else []
     launcher = [sys.executable, "-m", "recurrl"]
+    own_s = 0.0
     if not (run_dir / "results.json").is_file():
         # A run that wrote its config resumes from its newest complete checkpoint (or from step 0 if it
         # was killed before the first); a directory without one counts as new for the trainer.
         resume = (run_dir / "config.json").is_file()
         code, wall, rss = execute(launcher + grid.train_args(cell, resume), log)
+        own_s += wall
         attempts.append({"resumed": resume, "exit_code": code, "wall_time_s": wall, "peak_rss_mib": rss})
         write_json_atomic(attempts_file, attempts)
         if code != 0 or not (run_dir / "results.json").is_file():
             raise CellFailed(f"training exited with code {code}; see {log}")
-    code, _, _ = execute([sys.executable, *grid.measure_args(cell)], log)
+    code, measure_s, _ = execute([sys.executable, *grid.measure_args(cell)], log)
+    own_s += measure_s
     if code != 0 or not grid.cell_file(cell).is_file():
         raise CellFailed(f"measuring exited with code {code}; see {log}")
     row = json.loads(grid.cell_file(cell).read_text())
@@ -213,38 +217,62 @@ def run_cell(grid: Grid, cell: Cell) -> dict[str, Any]:
         wall_time_s=sum(a["wall_time_s"] for a in attempts) if attempts else row.get("wall_time_s"),
         peak_rss_mib=max((a["peak_rss_mib"] for a in trained), default=None),
         attempts=len(attempts),
+        measure_time_s=measure_s,
     )
     write_json_atomic(grid.cell_file(cell), row)
-    return row
+    return row, own_s
 
 
-def run_grid(grid: Grid, workers: int, progress: bool = True) -> tuple[list[Cell], list[tuple[Cell, str]]]:
-    """Run every unfinished cell, `workers` at a time -> (cells done now, [(failed cell, why)]).
+@dataclass
+class GridRun:
+    """What one `recurrl compare` invocation did."""
 
-    A failed cell does not stop the grid; re-running the command retries it.
-    """
+    done: list[Cell]
+    failed: list[tuple[Cell, str]]
+    elapsed_s: float  # wall time of the whole invocation's cell phase
+    cells_own_s: float  # sum over the cells run now of their own commands' wall time (train + measure)
+    workers: int
+
+    def overhead_line(self) -> str | None:
+        """The runner's cost on top of the cells' own time: workers x elapsed against the cells' sum. An
+        upper bound with several workers (a worker idle at the end of the grid counts as overhead)."""
+        if not self.cells_own_s:
+            return None
+        overhead = self.workers * self.elapsed_s / self.cells_own_s - 1.0
+        return (
+            f"time: {self.elapsed_s:.0f} s with {self.workers} worker(s); the cells' own commands "
+            f"{self.cells_own_s:.0f} s; runner overhead {100 * overhead:.1f}%"
+            + (" (upper bound: idle workers at the end count)" if self.workers > 1 else "")
+        )
+
+
+def run_grid(grid: Grid, workers: int, progress: bool = True) -> GridRun:
+    """Run every unfinished cell, `workers` at a time. A failed cell does not stop the grid; re-running
+    the command retries it."""
     todo = [c for c in grid.cells() if not grid.cell_file(c).is_file()]
     total = len(grid.cells())
     done_before = total - len(todo)
     print(f"compare: {total} cells, {done_before} already done, {len(todo)} to run with {workers} worker(s)")
     done: list[Cell] = []
     failed: list[tuple[Cell, str]] = []
+    start, own_s = time.perf_counter(), 0.0
     bar = tqdm(total=total, initial=done_before, desc="cells", unit="cell", disable=not progress)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(run_cell, grid, cell): cell for cell in todo}
         for future in as_completed(futures):
             cell = futures[future]
             try:
-                row = future.result()
+                row, cell_s = future.result()
             except (CellFailed, OSError, ValueError, json.JSONDecodeError) as error:
                 failed.append((cell, str(error)))
                 tqdm.write(f"FAILED {cell.name}: {error}")
             else:
                 done.append(cell)
+                own_s += cell_s
                 tqdm.write(f"done {cell.name}: {format_row(row)}")
             bar.update(1)
     bar.close()
-    return done, failed
+    return GridRun(done, failed, time.perf_counter() - start, own_s, workers)
 
 
 def format_row(row: dict[str, Any]) -> str:

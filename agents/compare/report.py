@@ -18,11 +18,11 @@ OFFLINE_COLUMNS = [
     "task", "backbone", "seed", "parameters", "hidden_dim", "steps",
     "last_stateful_score", "last_window_score", "best_stateful_score", "best_window_score",
     "last_stateful_return", "last_window_return", "best_stateful_return", "best_window_return", "best_step",
-    "dataset_score", "train_steps_per_s", "tick_latency_us", "peak_rss_mib", "wall_time_s", "run_dir",
+    "dataset_score", "train_steps_per_s", "tick_latency_us", "peak_rss_mib", "wall_time_s", "measure_time_s", "run_dir",
 ]  # fmt: skip
 ONLINE_COLUMNS = [
     "task", "backbone", "seed", "parameters", "steps", "final_return", "final_return_std",
-    "reward_threshold", "steps_to_threshold", "env_steps_per_s", "peak_rss_mib", "wall_time_s", "run_dir",
+    "reward_threshold", "steps_to_threshold", "env_steps_per_s", "peak_rss_mib", "wall_time_s", "measure_time_s", "run_dir",
 ]  # fmt: skip
 # (column, heading) of the quality tables in summary.md, the first is the headline
 OFFLINE_TABLES = [
