@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -116,6 +117,10 @@ def test_resume_gives_identical_weights(
     # A killed run logs past its last checkpoint; the resumed run must replace those events, not add to them.
     with SummaryWriter(str(tmp_path / "halves")) as stray:
         stray.add_scalar("train/loss", 1e6, 6)
+    # TensorBoard reads a run's event files in name order: <time in s>.<host>.<pid>.<counter>. Files made
+    # by one process in the same second sort by the counter as text (".10" before ".9"), so the resumed
+    # run's file could sort before the stray one; a new second keeps the order a real restart has.
+    time.sleep(1.0 - time.time() % 1.0 + 0.01)
     resumed = DecisionTrainer(
         tiny_config(tmp_path, "halves", lr_schedule=schedule), pendulum, resume=True, show_progress=False
     )
