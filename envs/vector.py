@@ -8,6 +8,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from recurrl.envs.packages import check_env_id
+
 
 def make_vector_env(
     env_id: str, num_envs: int, vectorization: str = "sync", env_kwargs: dict[str, Any] | None = None
@@ -16,8 +18,7 @@ def make_vector_env(
     `step` returns the first observation of the next one and puts the last one in `infos["final_obs"]`."""
     if vectorization not in ("sync", "async"):
         raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
-    if env_id not in gym.registry:
-        raise ValueError(f"unknown environment id {env_id!r}; is it registered with gymnasium?")
+    check_env_id(env_id)  # a 'module:EnvId' id's module is imported first
     try:
         return gym.make_vec(
             env_id,

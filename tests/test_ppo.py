@@ -387,9 +387,9 @@ def test_preset_backbone_options_stay_with_their_backbone() -> None:
 @pytest.mark.parametrize("env_id", ["CartPoleNoVel-v1", "PendulumNoVel-v1", "Hopper-v5"])
 def test_presets_load_and_run_one_iteration(tmp_path, env_id) -> None:
     from recurrl.agents.config import load_config
-    from recurrl.scripts.train_ppo import preset_path
+    from recurrl.configs import ppo_preset
 
-    preset = preset_path(env_id)
+    preset = ppo_preset(env_id)
     assert preset is not None, f"no preset for {env_id}"
     small = ["num_envs=2", "num_steps=8", "num_minibatches=1", "update_epochs=1", "total_steps=16"]
     cfg = load_config(PPOConfig, [preset], [*small, f"run_dir={tmp_path / 'run'}", "progress_bar=false"])
@@ -402,7 +402,7 @@ def test_memory_learns_cartpole_novel_where_mlp_cannot(tmp_path) -> None:
     """The POMDP memory test (as sb3-contrib's): with the preset, minGRU PPO passes the MLP control's
     ceiling within 30k steps (measured, seeds 1-3: best mean return 196-218 by 30k; MLP stays under ~50 for 200k)."""
     from recurrl.agents.config import load_config
-    from recurrl.scripts.train_ppo import preset_path
+    from recurrl.configs import ppo_preset
 
     best = {}
     for backbone in ("mingru", "mlp"):
@@ -410,7 +410,7 @@ def test_memory_learns_cartpole_novel_where_mlp_cannot(tmp_path) -> None:
         if backbone == "mlp":
             overrides.append("backbone_options={}")  # the preset's options are minGRU's
         cfg = load_config(
-            PPOConfig, [preset_path("CartPoleNoVel-v1")], [*overrides, f"run_dir={tmp_path / backbone}"]
+            PPOConfig, [ppo_preset("CartPoleNoVel-v1")], [*overrides, f"run_dir={tmp_path / backbone}"]
         )
         best[backbone] = train_ppo(cfg)["best_ep_rew_mean"]
     assert best["mingru"] >= 120, best
