@@ -51,8 +51,18 @@ class NaNEnv(ConstantRewardEnv):
         return obs, reward, terminated, truncated, info
 
 
-class DictObsEnv(ConstantRewardEnv):
-    observation_space = gym.spaces.Dict({"pos": gym.spaces.Box(-1.0, 1.0, (3,), np.float32)})
+class ImageObsEnv(ConstantRewardEnv):
+    """A 2-D Box observation: not flattened for PPO (Dict/Tuple/Discrete ones are: test_env_packages.py)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2, 3), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed)
+        return np.stack([obs, obs]), info
+
+    def step(self, action):
+        obs, *rest = super().step(action)
+        return np.stack([obs, obs]), *rest
 
 
 class MultiBinaryEnv(ConstantRewardEnv):
@@ -62,7 +72,7 @@ class MultiBinaryEnv(ConstantRewardEnv):
 for _id, _cls, _limit in [
     ("TestConstant-v0", ConstantRewardEnv, 5),
     ("TestNaN-v0", NaNEnv, 50),
-    ("TestDictObs-v0", DictObsEnv, 5),
+    ("TestImageObs-v0", ImageObsEnv, 5),
     ("TestMultiBinary-v0", MultiBinaryEnv, 5),
 ]:
     if _id not in gym.registry:
@@ -211,7 +221,7 @@ def test_truncated_episodes_bootstrap_from_final_obs_with_pre_reset_state(tmp_pa
 
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
-    "env_id,message", [("TestDictObs-v0", "1-D Box observation"), ("TestMultiBinary-v0", "MultiBinary")]
+    "env_id,message", [("TestImageObs-v0", "1-D Box observation"), ("TestMultiBinary-v0", "MultiBinary")]
 )
 def test_unsupported_spaces_raise_at_construction(tmp_path, env_id, message) -> None:
     with pytest.raises(ValueError, match=message):

@@ -84,7 +84,7 @@ def run_episodes(
     evaluate` and by the trainer's periodic evaluation (`eval_every`)."""
     if episodes <= 0 or num_envs <= 0:
         raise ValueError(f"episodes and num_envs must be positive, got {episodes}, {num_envs}")
-    envs = make_vector_env(env_id, min(num_envs, episodes), "sync")
+    envs = make_vector_env(env_id, min(num_envs, episodes), "sync", flatten_obs=True)
     try:
         spec = SpaceSpec.from_spaces(envs.single_observation_space, envs.single_action_space)
         if spec != policy.spec:

@@ -92,7 +92,7 @@ class PPOTrainer:
         self.rng = np.random.default_rng(config.seed)  # minibatch shuffling
 
         import_env_packages(config.env_packages, origin="config env_packages")
-        self.envs = make_vector_env(config.env_id, config.num_envs, config.vectorization)
+        self.envs = make_vector_env(config.env_id, config.num_envs, config.vectorization, flatten_obs=True)
         try:
             self.spec = SpaceSpec.from_spaces(
                 self.envs.single_observation_space, self.envs.single_action_space
