@@ -157,7 +157,7 @@ def test_export_takes_the_flattened_observation(tmp_path: Path) -> None:
 
     agent = recurrl.load(ppo_checkpoint(tmp_path / "run", "CueMemory-v0", env_packages=[TINY]))
     info = export_onnx(agent, tmp_path / "step.onnx")
-    assert info["inputs"][0]["shape"][1] == 5
+    assert info["inputs"][0]["shape"][1] == 5 and "spaces.flatten" in info["inputs"][0]["meaning"]
     session = ort.InferenceSession(str(tmp_path / "step.onnx"), providers=["CPUExecutionProvider"])
     env = agent.make_env()
     obs, _ = env.reset(seed=0)
