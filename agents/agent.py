@@ -72,6 +72,7 @@ def load(
 
     `target_return` (Decision agents only): the return each episode is conditioned on; default the
     checkpoint's first `eval.target_returns` (the one `recurrl train` evaluated with).
+    The env packages the run imported (its config's `env_packages`) are imported again first.
     """
     path = checkpoint_path(path)
     if checkpoint_kind(path) == "decision":
@@ -253,7 +254,13 @@ class DecisionAgent:
 # ----------------------------------------------------------------------------- PPO agent
 class PPOAgent:
     """A recurrent PPO policy acting one tick at a time (actor only), for your loop or SB3's
-    `evaluate_policy`. Observations are normalized with the statistics frozen in the checkpoint."""
+    `evaluate_policy`. Observations are normalized with the statistics frozen in the checkpoint.
+
+    An env with a structured observation space (Discrete, MultiDiscrete, Tuple, Dict) was trained on
+    its observations flattened by gymnasium's FlattenObservation; `predict` takes the env's raw
+    observations and flattens them the same way (`gymnasium.spaces.flatten`), so `make_env()`'s
+    observations go in unchanged. (Raw only: a flat vector can look like a batch of raw Discrete
+    observations. The ONNX export takes the flat vector: `gymnasium.spaces.flatten(space, obs)`.)"""
 
     kind = "ppo"
 
@@ -263,25 +270,33 @@ class PPOAgent:
         self.obs_norm = obs_norm
         self.device = torch.device(device)
         self.spec = policy.spec
-        self.action_low, self.action_high = self._action_bounds()
+        self.observation_space: gym.Space | None = None  # the env's raw space, where it is structured
+        self.action_low, self.action_high = self._read_env_spaces()
 
-    def _action_bounds(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Box bounds (Gaussian actions are clipped to them, as in training), read from the env."""
-        if self.spec.action_kind == "discrete":
-            return None, None
+    def _read_env_spaces(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """From the env: its structured observation space (kept to flatten observations), and the Box
+        bounds Gaussian actions are clipped to, as in training. Envs with neither are not made."""
+        from recurrl.envs.vector import is_structured
+
         try:
             env = self.make_env()
         except Exception as error:  # gymnasium raises many types for unknown ids
             warnings.warn(
-                f"cannot make {self.config.env_id!r} to read its action bounds ({error}); actions are not clipped",
+                f"cannot make {self.config.env_id!r} to read its spaces ({error}); actions are not clipped "
+                "and observations must be given flattened",
                 stacklevel=3,
             )
             return None, None
-        space = env.action_space
+        obs_space, act_space = env.observation_space, env.action_space
         env.close()
-        return np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
+        if is_structured(obs_space):
+            self.observation_space = obs_space
+        if self.spec.action_kind == "discrete":
+            return None, None
+        return np.asarray(act_space.low, np.float32), np.asarray(act_space.high, np.float32)
 
     def make_env(self, **kwargs: Any) -> gym.Env:
+        """The env the agent was trained on, raw (its packages imported when the checkpoint loaded)."""
         import recurrl.envs  # noqa: F401  (registers the POMDP tasks)
 
         return gym.make(self.config.env_id, **kwargs)
@@ -298,8 +313,13 @@ class PPOAgent:
         deterministic: bool = True,
         reward: Any = None,
     ) -> tuple[np.ndarray, State]:
-        """obs [obs_dim] or [B, obs_dim] -> (env action(s), state). `reward` is accepted and unused (the
-        policy does not condition on it), so one loop drives both kinds of agents."""
+        """obs [obs_dim] or [B, obs_dim] -> (env action(s), state); for a structured observation space,
+        one raw observation, a list of them or a vector env's batch (flattened here). `reward` is
+        accepted and unused (the policy does not condition on it), so one loop drives both kinds."""
+        if self.observation_space is not None:
+            from recurrl.envs.vector import flatten_observations
+
+            obs = flatten_observations(self.observation_space, obs)
         # The dtype as given: the evaluator normalizes the env's own (often float64) observations.
         x, single = as_batch(obs, (self.spec.obs_dim,), dtype=None)
         batch = x.shape[0]

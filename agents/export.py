@@ -205,9 +205,10 @@ def ppo_step(agent: PPOAgent, eager: bool = True) -> tuple[nn.Module, tuple, dic
     backbone, discrete = agent.config.backbone, spec.action_kind == "discrete"
     meanings = STATE_MEANING.get(backbone, ["backbone state"] * len(actor))
     state_in, state_out = _state_io([f"actor.{i}" for i in range(len(actor))], actor, meanings)
-    inputs = [
-        _io("observation", [BATCH, spec.obs_dim], "float32", "raw observation (normalized inside the graph)")
-    ]
+    # A structured env's observation goes in flattened, as PPO's envs flatten it (predict does it itself).
+    flat = "gymnasium.spaces.flatten(env.observation_space, obs)"
+    raw = flat if agent.observation_space else "raw observation"
+    inputs = [_io("observation", [BATCH, spec.obs_dim], "float32", f"{raw} (normalized inside the graph)")]
     params = (
         _io("logits", [BATCH, spec.action_dim], "float32", "categorical logits")
         if discrete

@@ -17,6 +17,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from recurrl.envs.packages import split_env_id
 from recurrl.envs.record import Collection
 
 
@@ -77,8 +78,9 @@ def write_minari(
         minari.create_dataset_from_buffers(
             dataset_id,
             collection.to_episode_buffers(),
-            env=collection.env_id,
-            eval_env=collection.env_id,
+            # The registered id (Minari looks it up; 'module:' is imported): the stored specs name it.
+            env=split_env_id(collection.env_id)[1],
+            eval_env=split_env_id(collection.env_id)[1],
             algorithm_name=algorithm_name,
             author="recurrl collect",
             observation_space=obs_space,

@@ -17,6 +17,7 @@ import numpy as np
 
 import recurrl.envs  # noqa: F401  (registers the POMDP env ids)
 from recurrl.envs.episodes import Episode, OfflineDataset
+from recurrl.envs.packages import import_env_packages
 
 # policy(obs [B, *obs_shape], episode_starts [B] bool) -> actions [B, *act_shape]
 PolicyFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -147,6 +148,13 @@ def collect(
         [lambda: gym.make(env_id) for _ in range(num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
+    space = vec.single_observation_space
+    if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)):  # a batch of these is not one array
+        vec.close()
+        raise ValueError(
+            f"{env_id}: collect records array observations (Box, Discrete, MultiDiscrete, MultiBinary), not "
+            f"{type(space).__name__} ones; the Decision agent trains on Box observations (PPO flattens them)"
+        )
     done = Collection(env_id)
     running: list[dict[str, list]] = [_new_buffer() for _ in range(num_envs)]
     obs, _ = vec.reset(seed=[seed + i for i in range(num_envs)])
@@ -216,13 +224,16 @@ def collect_policy(
     workers: int = 1,
     progress: bool = True,
     description: str = "",
+    env_packages: tuple[str, ...] = (),
 ) -> Collection:
     """Build the behavior policy `policy` (see `make_policy`) and record it with `collect`.
 
     `workers > 1` shards the envs and the budget over that many processes, each stepping its own
     vector env with its own copy of the policy: MuJoCo stepping is the bottleneck, and one process
-    uses one core. Worker i seeds its envs and noise from `seed + 100_000 * i`.
+    uses one core. Worker i seeds its envs and noise from `seed + 100_000 * i`. `env_packages` are
+    imported first, in every worker (a spawned process starts without them).
     """
+    import_env_packages(env_packages)
     if workers < 1 or workers > num_envs:
         raise ValueError(f"workers must be between 1 and num_envs={num_envs}, got {workers}")
     if workers == 1:
@@ -258,6 +269,7 @@ def collect_policy(
                 asynchronous=asynchronous,
                 progress=progress and i == 0,  # one bar (worker 1's share) is enough to see it move
                 description=f"{description} (worker 1/{workers})",
+                env_packages=tuple(env_packages),
             )
         )
     begin = time.perf_counter()

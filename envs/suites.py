@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from recurrl.envs.minari_writer import check_new_dataset, format_summary, record_dataset
+from recurrl.envs.packages import split_env_id
 from recurrl.envs.record import Collection, collect_policy
 from recurrl.envs.scores import D4RL_REF_SCORES, d4rl_task_name
 
@@ -66,7 +67,7 @@ SUITE_TIERS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 
 def suite_dataset_id(env_id: str, tier: str) -> str:
     """recurrl/hopper/medium-v0 for (Hopper-v5, medium)."""
-    task = d4rl_task_name(env_id) or env_id.split("-")[0].lower()
+    task = d4rl_task_name(env_id) or split_env_id(env_id)[1].split("-")[0].lower()  # no ':' in an id
     return f"recurrl/{task}/{tier}-v0"
 
 

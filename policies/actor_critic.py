@@ -82,8 +82,9 @@ class SpaceSpec:
     def from_spaces(observation_space: gym.Space, action_space: gym.Space) -> SpaceSpec:
         if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
             raise ValueError(
-                f"PPO supports 1-D Box observation spaces only, got {observation_space}; "
-                "flatten Dict/Tuple/image observations with a gymnasium wrapper (e.g. FlattenObservation) first"
+                f"PPO supports 1-D Box observation spaces only, got {observation_space}; flatten image "
+                "observations with a gymnasium wrapper first (PPO's envs flatten Discrete/MultiDiscrete/Tuple/Dict "
+                "ones themselves)"
             )
         if isinstance(action_space, gym.spaces.Discrete):
             if action_space.start != 0:

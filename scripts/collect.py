@@ -13,8 +13,10 @@ import argparse
 import json
 
 from recurrl.scripts.options import (
+    add_env_package_option,
     check_output_dir,
     check_output_file,
+    import_env_packages,
     nonnegative_float,
     nonnegative_int,
     positive_int,
@@ -38,7 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=TRUST,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--env", required=True, help="gymnasium env id, e.g. Hopper-v5 or CartPoleNoVel-v1")
+    parser.add_argument(
+        "--env", required=True, help="gymnasium env id, e.g. Hopper-v5 or CartPoleNoVel-v1 (or MODULE:ENV_ID)"
+    )
+    add_env_package_option(parser)
     parser.add_argument(
         "--policy",
         help="random, scripted (CartPoleNoVel-v1/PendulumNoVel-v1), or a zoo agent: tqc, sac, ppo, trpo, a2c, ars "
@@ -110,17 +115,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import gymnasium as gym
     import torch
 
-    import recurrl.envs  # noqa: F401  (registers the POMDP env ids)
     from recurrl.envs.minari_writer import check_new_dataset, datasets_path, format_summary, record_dataset
+    from recurrl.envs.packages import check_env_id
     from recurrl.envs.record import collect_policy
     from recurrl.envs.scores import D4RL_REF_SCORES, d4rl_task_name
     from recurrl.envs.suites import build_suite, suite_dataset_id
 
-    if args.env not in gym.registry:
-        raise ValueError(f"--env {args.env!r} is not a registered gymnasium env id")
+    packages = import_env_packages(args)
+    check_env_id(args.env)
     # Batches of a few observations: one thread is faster than two fighting the env loop for cores.
     torch.set_num_threads(args.torch_threads)
     check_output_dir(args.datasets_path, "--datasets-path")
@@ -169,6 +173,7 @@ def _run(args: argparse.Namespace) -> int:
             workers=args.workers,
             progress=not args.no_progress and not args.json,
             description=args.policy,
+            env_packages=tuple(packages),
         )
         task = d4rl_task_name(args.env)
         ref_min, ref_max = D4RL_REF_SCORES[task] if task else (None, None)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from recurrl.scripts.options import check_output_dir, nonnegative_int, positive_int
+from recurrl.scripts.options import (
+    add_env_package_option,
+    check_output_dir,
+    import_env_packages,
+    nonnegative_int,
+    positive_int,
+)
 
 DESCRIPTION = """\
 Run a grid of ordinary training runs, one per (dataset, backbone, seed), then measure each (window-mode
@@ -15,6 +21,7 @@ Run the same command again to resume: finished cells are skipped, interrupted on
   recurrl compare --datasets recurrl/hopper/medium-v0 --backbones mingru lstm transformer --seeds 0 1 2 --out runs/cmp
   recurrl compare --datasets recurrl/hopper/medium-v0 recurrl/walker2d/medium-v0 --match-params --workers 2 --out runs/cmp2 steps=1000
   recurrl compare --online --envs CartPoleNoVel-v1 --backbones mingru lstm mlp --seeds 0 1 2 --out runs/ppo-cmp
+  recurrl compare --online --env-package popgym --envs popgym-RepeatPreviousEasy-v0 --backbones mingru mlp --out runs/pop
   recurrl compare --report runs/cmp                        (rebuild the reports from the finished cells)
   recurrl compare ... --print-commands                     (one line per cell, for your own scheduler)
 """
@@ -34,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backbones", nargs="+", metavar="B", help="default: all six (online: and mlp)")
     parser.add_argument("--seeds", nargs="+", type=nonnegative_int, default=[0, 1, 2], metavar="S")
     parser.add_argument("--config", action="append", default=[], metavar="YAML", help="preset for every cell")
+    add_env_package_option(parser)
     parser.add_argument("--out", default="runs/compare", help="the grid's folder (default: runs/compare)")
     parser.add_argument("--workers", type=positive_int, default=1, help="cells at once (each on one thread)")
     parser.add_argument(
@@ -77,6 +85,7 @@ def build_grid(args: argparse.Namespace):
         overrides=list(args.overrides),
         match_params=args.match_params,
         episodes=args.episodes,
+        env_packages=import_env_packages(args),  # before the checks below make any env
     )
     if args.online:
         check_online(grid, args.config)

@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from recurrl.scripts.options import check_output_file, finite_float, nonnegative_int, positive_int
+from recurrl.scripts.options import (
+    add_env_package_option,
+    check_output_file,
+    finite_float,
+    import_env_packages,
+    nonnegative_int,
+    positive_int,
+)
 
 DESCRIPTION = """\
 Evaluate one or more checkpoints in parallel gymnasium envs and report mean +- std return and
@@ -18,6 +25,9 @@ mean +- std of the per-checkpoint means ("over seeds").
   recurrl evaluate runs/<name> --mode both --episodes 20 --target-returns 3600 1800
   recurrl evaluate runs/seed0/checkpoints/last runs/seed1/checkpoints/last --output summary.json
   recurrl evaluate runs/<name>/checkpoints/last --target-returns 1000 2000 3000 3600 4500 --plot sweep.png
+
+The env packages a run imported (--env-package, kept in its config) are imported again; --env-package
+adds others (e.g. for a checkpoint from before the option existed).
 """
 
 
@@ -44,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=nonnegative_int, default=1, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--stochastic", action="store_true", help="PPO only: sample actions")
     parser.add_argument("--output", help="write the results JSON here")
+    add_env_package_option(parser)
     parser.add_argument(
         "--plot",
         metavar="PNG",
@@ -90,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_file(args.output, "--output")
     check_output_file(args.plot, "--plot")
+    import_env_packages(args)
     if args.threads > 0:
         import torch
 

@@ -8,6 +8,7 @@ because `--output` names a directory.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -62,3 +63,27 @@ def _check_parents(path: Path, option: str) -> None:
             if not parent.is_dir():
                 raise ValueError(f"cannot write {option} {str(path)!r}: {str(parent)!r} is a file, not a directory")
             return
+
+
+def add_env_package_option(parser: argparse.ArgumentParser) -> None:
+    """--env-package MODULE (repeatable), as every command that makes envs spells it."""
+    parser.add_argument(
+        "--env-package",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE before making envs, so the envs it registers with gymnasium can be used "
+        "(e.g. popgym; repeatable; kept in the run's config). MODULE:ENV_ID as the env id works too",
+    )
+
+
+def import_env_packages(args: argparse.Namespace) -> list[str]:
+    """Import the --env-package modules (one line naming a module that cannot be imported) -> their names."""
+    from recurrl.envs.packages import import_env_packages as import_modules
+
+    return import_modules(args.env_package)
+
+
+def env_packages_override(args: argparse.Namespace) -> list[str]:
+    """The config override that records --env-package in the run's config (none without the option)."""
+    return [f"env_packages={json.dumps(args.env_package)}"] if args.env_package else []

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+# dev: pytest, ruff, ONNX export, and popgym (the PyPI env package the tests train on via --env-package)
 EXTRAS=${EXTRAS:-dev}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

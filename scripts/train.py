@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from recurrl.scripts.options import finite_float, nonnegative_int
+from recurrl.scripts.options import (
+    add_env_package_option,
+    env_packages_override,
+    finite_float,
+    import_env_packages,
+    nonnegative_int,
+)
 
 DESCRIPTION = """\
 Train a Decision-Transformer-style agent whose sequence model is any backbone, then evaluate the
@@ -33,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--dataset", help="dataset id or path (default: recurrl/hopper/medium-v0)")
     parser.add_argument("--env-id", help="evaluation env, for a dataset that names none (e.g. Hopper-v5)")
+    add_env_package_option(parser)
     parser.add_argument(
         "--clip-actions",
         action="store_true",
@@ -108,6 +115,7 @@ def build_config(args: argparse.Namespace):
             flag_overrides.append(f"{key}={value}")
     if args.clip_actions:
         flag_overrides.append("clip_actions=true")
+    flag_overrides += env_packages_override(args)
     overrides = flag_overrides + list(args.overrides)
 
     resume_dir = resume_argument(args, overrides)
@@ -164,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from recurrl.agents.decision.trainer import DecisionTrainer
 
+    import_env_packages(args)  # before the dataset's evaluation env is made
     config, resume = build_config(args)
     trainer = DecisionTrainer(config, resume=resume, show_progress=not args.no_progress)
     print(

@@ -3,6 +3,7 @@
 recurrl train-ppo --env CartPoleNoVel-v1 --backbone mingru
 recurrl train-ppo --env PendulumNoVel-v1 --backbone mingru --seed 2 total_steps=500000
 recurrl train-ppo --resume runs/ppo/cartpole total_steps=400000
+recurrl train-ppo --env-package popgym --env popgym-RepeatPreviousEasy-v0 --backbone mingru
 recurrl train-ppo --bench-sb3 --total-steps 20000 --repeats 3
 """
 
@@ -13,7 +14,14 @@ import json
 import sys
 from pathlib import Path
 
-from recurrl.scripts.options import check_output_file, nonnegative_int, positive_int
+from recurrl.scripts.options import (
+    add_env_package_option,
+    check_output_file,
+    env_packages_override,
+    import_env_packages,
+    nonnegative_int,
+    positive_int,
+)
 from recurrl.scripts.train import add_run_options, resume_argument
 
 
@@ -28,7 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    parser.add_argument("--env", help="gymnasium env id (default: the preset's, CartPoleNoVel-v1)")
+    parser.add_argument(
+        "--env", help="gymnasium env id, or MODULE:ENV_ID (default: the preset's, CartPoleNoVel-v1)"
+    )
+    add_env_package_option(parser)
     parser.add_argument(
         "--backbone", help="mingru, minlstm, lstm, gru, mamba, transformer or mlp (no memory)"
     )
@@ -61,18 +72,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def preset_path(env_id: str) -> Path | None:
-    from recurrl import configs
-
-    path = Path(configs.__file__).parent / "ppo" / f"{env_id}.yaml"
-    return path if path.is_file() else None
-
-
 def build_config(args: argparse.Namespace):
     """The run's config: a new run's from the preset, --config files and overrides; a resumed run's from
     its saved config.json plus overrides (the trainer refuses changes that would alter the run)."""
     from recurrl.agents.config import load_config
     from recurrl.agents.ppo.config import PPOConfig
+    from recurrl.configs import ppo_preset
+    from recurrl.envs.packages import split_env_id
 
     overrides = list(args.overrides)
     resume_dir = resume_argument(args, overrides)
@@ -85,17 +91,20 @@ def build_config(args: argparse.Namespace):
         "device": args.device,
     }
     overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
+    overrides += env_packages_override(args)
     if args.no_progress:
         overrides.append("progress_bar=false")
     if resume_dir is not None:
         return _resume_config(args, resume_dir, overrides)
     env_id = args.env or "CartPoleNoVel-v1"
     paths: list[str | Path] = []
-    preset = preset_path(env_id)
+    preset = ppo_preset(split_env_id(env_id)[1])
     if preset is not None:
         paths.append(preset)
     paths += args.config
     config = load_config(PPOConfig, paths, overrides)
+    if preset is None:
+        print(no_preset_note(config, bool(args.config or args.overrides)), file=sys.stderr)
     # A preset's backbone_options belong to the preset's backbone (e.g. mlp_ratio for minGRU): another
     # --backbone gets its own defaults, said out loud, unless options are given on the command line.
     options_given = any(o.startswith("backbone_options") for o in args.overrides)
@@ -111,8 +120,18 @@ def build_config(args: argparse.Namespace):
         # A timestamp: running the same command again starts a new run instead of meeting the old one.
         from recurrl.agents.run_dir import timestamped
 
-        config.run_dir = f"runs/ppo/{timestamped(f'{config.env_id}-{config.backbone}-s{config.seed}')}"
+        env_name = split_env_id(config.env_id)[1]  # no 'module:' in a folder name
+        config.run_dir = f"runs/ppo/{timestamped(f'{env_name}-{config.backbone}-s{config.seed}')}"
     return config
+
+
+def no_preset_note(config, changed: bool) -> str:
+    """One line: an env without configs/ppo/<env>.yaml trains with these values (the PPOConfig
+    defaults, or what --config files and key=value overrides made of them)."""
+    source = "the PPOConfig defaults" + (" and your --config/key=value changes" if changed else "")
+    keys = ("num_envs", "num_steps", "total_steps", "learning_rate", "hidden_dim", "ent_coef", "gamma")
+    values = ", ".join(f"{key}={getattr(config, key)}" for key in keys)
+    return f"note: no PPO preset for {config.env_id} (configs/ppo/); training with {source}: {values}"
 
 
 def _resume_config(args: argparse.Namespace, resume_dir: str, overrides: list[str]):
@@ -130,6 +149,11 @@ def _resume_config(args: argparse.Namespace, resume_dir: str, overrides: list[st
 
 def run(args: argparse.Namespace) -> int:
     check_output_file(args.output, "--output")
+    import_env_packages(args)  # before any env is made, by any of the modes below
+    if args.env:
+        from recurrl.envs.packages import check_env_id
+
+        check_env_id(args.env)  # before a run directory is made
     if args.compare_sb3:
         from recurrl.agents.ppo.sb3_compare import compare_adapter
 

@@ -106,7 +106,7 @@ def test_unknown_dataset_and_env_are_refused(tmp_path, capsys, minari_path):
     assert compare("--datasets", "recurrl/nowhere/medium-v0", "--out", str(tmp_path / "g")) == 2
     assert "dataset 'recurrl/nowhere/medium-v0'" in capsys.readouterr().err
     assert compare("--online", "--envs", "NoSuchEnv-v0", "--out", str(tmp_path / "g")) == 2
-    assert "env 'NoSuchEnv-v0' is not registered" in capsys.readouterr().err
+    assert "unknown environment id 'NoSuchEnv-v0'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -51,8 +51,18 @@ class NaNEnv(ConstantRewardEnv):
         return obs, reward, terminated, truncated, info
 
 
-class DictObsEnv(ConstantRewardEnv):
-    observation_space = gym.spaces.Dict({"pos": gym.spaces.Box(-1.0, 1.0, (3,), np.float32)})
+class ImageObsEnv(ConstantRewardEnv):
+    """A 2-D Box observation: not flattened for PPO (Dict/Tuple/Discrete ones are: test_env_packages.py)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2, 3), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed)
+        return np.stack([obs, obs]), info
+
+    def step(self, action):
+        obs, *rest = super().step(action)
+        return np.stack([obs, obs]), *rest
 
 
 class MultiBinaryEnv(ConstantRewardEnv):
@@ -62,7 +72,7 @@ class MultiBinaryEnv(ConstantRewardEnv):
 for _id, _cls, _limit in [
     ("TestConstant-v0", ConstantRewardEnv, 5),
     ("TestNaN-v0", NaNEnv, 50),
-    ("TestDictObs-v0", DictObsEnv, 5),
+    ("TestImageObs-v0", ImageObsEnv, 5),
     ("TestMultiBinary-v0", MultiBinaryEnv, 5),
 ]:
     if _id not in gym.registry:
@@ -211,7 +221,7 @@ def test_truncated_episodes_bootstrap_from_final_obs_with_pre_reset_state(tmp_pa
 
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
-    "env_id,message", [("TestDictObs-v0", "1-D Box observation"), ("TestMultiBinary-v0", "MultiBinary")]
+    "env_id,message", [("TestImageObs-v0", "1-D Box observation"), ("TestMultiBinary-v0", "MultiBinary")]
 )
 def test_unsupported_spaces_raise_at_construction(tmp_path, env_id, message) -> None:
     with pytest.raises(ValueError, match=message):
@@ -387,9 +397,9 @@ def test_preset_backbone_options_stay_with_their_backbone() -> None:
 @pytest.mark.parametrize("env_id", ["CartPoleNoVel-v1", "PendulumNoVel-v1", "Hopper-v5"])
 def test_presets_load_and_run_one_iteration(tmp_path, env_id) -> None:
     from recurrl.agents.config import load_config
-    from recurrl.scripts.train_ppo import preset_path
+    from recurrl.configs import ppo_preset
 
-    preset = preset_path(env_id)
+    preset = ppo_preset(env_id)
     assert preset is not None, f"no preset for {env_id}"
     small = ["num_envs=2", "num_steps=8", "num_minibatches=1", "update_epochs=1", "total_steps=16"]
     cfg = load_config(PPOConfig, [preset], [*small, f"run_dir={tmp_path / 'run'}", "progress_bar=false"])
@@ -402,7 +412,7 @@ def test_memory_learns_cartpole_novel_where_mlp_cannot(tmp_path) -> None:
     """The POMDP memory test (as sb3-contrib's): with the preset, minGRU PPO passes the MLP control's
     ceiling within 30k steps (measured, seeds 1-3: best mean return 196-218 by 30k; MLP stays under ~50 for 200k)."""
     from recurrl.agents.config import load_config
-    from recurrl.scripts.train_ppo import preset_path
+    from recurrl.configs import ppo_preset
 
     best = {}
     for backbone in ("mingru", "mlp"):
@@ -410,7 +420,7 @@ def test_memory_learns_cartpole_novel_where_mlp_cannot(tmp_path) -> None:
         if backbone == "mlp":
             overrides.append("backbone_options={}")  # the preset's options are minGRU's
         cfg = load_config(
-            PPOConfig, [preset_path("CartPoleNoVel-v1")], [*overrides, f"run_dir={tmp_path / backbone}"]
+            PPOConfig, [ppo_preset("CartPoleNoVel-v1")], [*overrides, f"run_dir={tmp_path / backbone}"]
         )
         best[backbone] = train_ppo(cfg)["best_ep_rew_mean"]
     assert best["mingru"] >= 120, best

@@ -66,6 +66,7 @@ class Grid:
     match_params: bool = False
     episodes: int | None = None  # evaluation episodes of the measure step (default: the run's config)
     widths: dict[str, int] = field(default_factory=dict)  # "<task>|<backbone>" -> model.hidden_dim
+    env_packages: list[str] = field(default_factory=list)  # --env-package, passed on to every cell
 
     def cells(self) -> list[Cell]:
         # Seed-major: a grid stopped part way has whole seeds of the table, not whole backbones.
@@ -83,13 +84,16 @@ class Grid:
     def settings(self) -> dict[str, Any]:
         """What every cell shares; two commands into one DIR must agree on it."""
         files = [{"path": p, "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()} for p in self.configs]
-        return {
+        settings = {
             "kind": "online" if self.online else "offline",
             "configs": files,
             "overrides": list(self.overrides),
             "match_params": self.match_params,
             "episodes": self.episodes,
         }
+        if self.env_packages:  # only when used: grid.json files written before the option still match
+            settings["env_packages"] = list(self.env_packages)
+        return settings
 
     def train_args(self, cell: Cell, resume: bool) -> list[str]:
         """The cell's `recurrl ...` arguments (without the launcher)."""
@@ -106,6 +110,8 @@ class Grid:
             args += ["--runs-dir", str(run_dir.parent), "--run-name", run_dir.name, "--no-progress"]
         for path in self.configs:
             args += ["--config", path]
+        for module in self.env_packages:
+            args += ["--env-package", module]
         overrides = list(self.overrides)
         thread_key = "torch_threads" if self.online else "num_threads"
         if not any(o.startswith(f"{thread_key}=") for o in overrides):
@@ -288,5 +294,3 @@ def grid_from_json(out: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"{out} is not a compare folder (no grid.json); run `recurrl compare ... --out {out}` first")
     return read_json(path)
-
-

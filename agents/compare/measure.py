@@ -107,10 +107,11 @@ def measure_ppo(run_dir: Path, episodes: int | None) -> dict[str, Any]:
 
     import recurrl.envs  # noqa: F401  (registers the POMDP ids)
     from recurrl.agents.ppo.evaluation import evaluate_ppo_checkpoint
+    from recurrl.envs.packages import split_env_id
 
     results = json.loads((run_dir / "results.json").read_text())
     final = evaluate_ppo_checkpoint(run_dir / "checkpoints" / "last", episodes=episodes or 10)
-    threshold = gym.spec(results["env_id"]).reward_threshold
+    threshold = gym.spec(split_env_id(results["env_id"])[1]).reward_threshold  # 'module:' imported above
     reached = [e["step"] for e in results.get("evaluations", []) if threshold is not None and e["mean_reward"] >= threshold]
     return {
         "kind": "online",

@@ -69,19 +69,17 @@ def check_online(grid: Grid, configs: list[str]) -> None:
     """Every env id is registered and every backbone's PPO config loads."""
     import gymnasium as gym
 
-    import recurrl.envs  # noqa: F401  (registers the POMDP ids)
     from recurrl.agents.ppo.config import PPOConfig
     from recurrl.configs import ppo_preset
+    from recurrl.envs.packages import check_env_id, split_env_id
 
     grid.configs = configs
     for env_id in grid.tasks:
-        try:
-            spec = gym.spec(env_id)
-        except gym.error.Error as error:
-            raise ValueError(f"env {env_id!r} is not registered with gymnasium: {error}") from error
-        if spec.reward_threshold is None:
+        check_env_id(env_id)  # imports the module of a 'module:EnvId' spelling
+        bare = split_env_id(env_id)[1]
+        if gym.spec(bare).reward_threshold is None:
             _say(f"note: {env_id} has no reward threshold: its cells report no steps-to-threshold")
-        preset = ppo_preset(env_id)
+        preset = ppo_preset(bare)
         for backbone in grid.backbones:
             paths = ([preset] if preset else []) + configs
             load_config(PPOConfig, paths, [*grid.overrides, f"env_id={env_id}", f"backbone={backbone}"])

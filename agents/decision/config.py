@@ -50,6 +50,8 @@ class DecisionConfig:
     dataset: str = "recurrl/hopper/medium-v0"  # dataset id or path (see `recurrl dataset`)
     env_id: str | None = None  # evaluation env for a dataset that names none (or another one); None: the dataset's
     clip_actions: bool = False  # clip actions outside the env's action space to its bounds (default: an error)
+    # modules imported before the evaluation env is made (they register its id): `--env-package`
+    env_packages: list[str] = field(default_factory=list)
     run_name: str | None = None  # runs/<run_name>; default: <dataset>-<backbone>-s<seed>-<time>
     runs_dir: str = "runs"
     seed: int = 0

@@ -17,6 +17,7 @@ import torch
 
 from recurrl.agents.checkpoint import CheckpointError, load_checkpoint, load_weights_strict
 from recurrl.envs.episodes import OfflineDataset
+from recurrl.envs.packages import import_env_packages
 from recurrl.envs.scores import normalized_score
 from recurrl.policies.decision import DecisionModel, DecisionModelConfig
 
@@ -177,6 +178,8 @@ def load_decision_checkpoint(
         raise CheckpointError(f"{path}: meta.json lacks model_kwargs/env; the checkpoint is incomplete")
     model = build_model(meta["model_kwargs"])
     load_weights_strict(model, tensors, str(path))
+    # The packages that registered the evaluation env, so evaluation and `recurrl.load` can make it again.
+    import_env_packages(meta.get("config", {}).get("env_packages", []), origin=f"{path}: env package")
     return model.to(device).eval(), meta
 
 

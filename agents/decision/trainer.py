@@ -43,6 +43,7 @@ from recurrl.agents.distributed import Distributed
 from recurrl.agents.run_dir import jsonable, timestamped
 from recurrl.agents.run_loop import Run, RunSpec, Snapshot
 from recurrl.envs.episodes import OfflineDataset
+from recurrl.envs.packages import import_env_packages
 from recurrl.envs.scores import default_target_return
 from recurrl.policies.decision import DecisionModel, action_loss
 
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 # Keys that may differ between the original run and `--resume` (everything else must match).
 RESUMABLE_CHANGES = frozenset(
     {"steps", "log_every", "checkpoint_every", "eval", "device", "num_threads", "runs_dir", "run_name", "world_size"}
+    | {"env_packages"}  # where the env's id comes from, not what it is (a package may be renamed)
 )
 
 
@@ -124,6 +126,7 @@ class DecisionTrainer:
     def _build(self, dataset: OfflineDataset | None) -> None:
         config = self.config
         seed_everything(config.seed)
+        import_env_packages(config.env_packages, origin="config env_packages")  # before any env is made
         self.dataset = dataset if dataset is not None else load_training_dataset(config.dataset, config.env_id, config.clip_actions)
         self.env_spec = EnvSpec.from_dataset(self.dataset)
         self._check_dataset_env()
@@ -369,7 +372,6 @@ class DecisionTrainer:
         for tag, value in _eval_scalars(results["checkpoints"]["last"]["targets"][0]).items():
             writer.add_scalar(tag, value, self.step)
         return results
-
 
     def _load_checkpoint(self, name: str) -> tuple[DecisionModel, dict[str, Any]]:
         """checkpoints/NAME as an evaluation model; under torchrun rank 0 reads it and sends it to the

@@ -12,7 +12,9 @@ from typing import Literal
 @dataclass
 class PPOConfig:
     # --- environment
-    env_id: str = "CartPoleNoVel-v1"  # any gymnasium id; importing `envs` registers the POMDP ids
+    env_id: str = "CartPoleNoVel-v1"  # any gymnasium id or MODULE:ID; importing `envs` registers the POMDP ids
+    # modules imported before the env is made (they register its id): `--env-package`, kept for evaluate/load
+    env_packages: list[str] = field(default_factory=list)
     num_envs: int = 8  # parallel envs in the vector env
     vectorization: Literal["sync", "async"] = (
         "sync"  # gymnasium SyncVectorEnv / AsyncVectorEnv (subprocesses)

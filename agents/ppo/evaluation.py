@@ -16,6 +16,7 @@ from recurrl.agents.config import from_dict
 from recurrl.agents.ppo.config import PPOConfig
 from recurrl.agents.ppo.normalization import ObsNormalizer
 from recurrl.agents.ppo.policy import CHECKPOINT_KIND, build_policy, env_actions
+from recurrl.envs.packages import import_env_packages
 from recurrl.envs.vector import check_finite, make_vector_env
 from recurrl.policies.actor_critic import ActorCritic, SpaceSpec
 
@@ -28,6 +29,8 @@ def load_ppo_checkpoint(
     if meta.get("kind") != CHECKPOINT_KIND:
         raise CheckpointError(f"{path} is a {meta.get('kind')!r} checkpoint, not a PPO one")
     config = from_dict(PPOConfig, meta["config"])
+    # The packages that registered the env, so evaluation and `recurrl.load` can make it again.
+    import_env_packages(config.env_packages, origin=f"{path}: env package")
     spec = SpaceSpec(**meta["spaces"])
     policy = build_policy(config, spec)
     load_weights_strict(policy, model, str(path))
@@ -81,7 +84,7 @@ def run_episodes(
     evaluate` and by the trainer's periodic evaluation (`eval_every`)."""
     if episodes <= 0 or num_envs <= 0:
         raise ValueError(f"episodes and num_envs must be positive, got {episodes}, {num_envs}")
-    envs = make_vector_env(env_id, min(num_envs, episodes), "sync")
+    envs = make_vector_env(env_id, min(num_envs, episodes), "sync", flatten_obs=True)
     try:
         spec = SpaceSpec.from_spaces(envs.single_observation_space, envs.single_action_space)
         if spec != policy.spec:

@@ -28,6 +28,7 @@ from recurrl.agents.ppo.normalization import ObsNormalizer, RewardScaler
 from recurrl.agents.ppo.policy import CHECKPOINT_KIND, build_policy, env_actions
 from recurrl.agents.ppo.rollout import RolloutBatch, RolloutBuffer
 from recurrl.agents.run_loop import Run, RunSpec, Snapshot, whole_iterations
+from recurrl.envs.packages import import_env_packages
 from recurrl.envs.vector import check_finite, make_vector_env
 from recurrl.policies.actor_critic import SpaceSpec
 from recurrl.policies.backbones.base import State
@@ -47,6 +48,7 @@ RESUMABLE_CHANGES = frozenset(
         "vectorization",
         "run_dir",
         "progress_bar",
+        "env_packages",  # where the env's id comes from, not what it is (a package may be renamed)
     }
 )
 
@@ -89,7 +91,8 @@ class PPOTrainer:
         np.random.seed(config.seed)
         self.rng = np.random.default_rng(config.seed)  # minibatch shuffling
 
-        self.envs = make_vector_env(config.env_id, config.num_envs, config.vectorization)
+        import_env_packages(config.env_packages, origin="config env_packages")
+        self.envs = make_vector_env(config.env_id, config.num_envs, config.vectorization, flatten_obs=True)
         try:
             self.spec = SpaceSpec.from_spaces(
                 self.envs.single_observation_space, self.envs.single_action_space
