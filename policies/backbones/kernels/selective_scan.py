@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from mambapy.pscan import pscan
 from torch import Tensor
 
-from .scan import numba_available
+from .scan_backends import numba_available
 
 BACKENDS = ("auto", "numba", "mambapy")
 
