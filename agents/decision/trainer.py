@@ -41,7 +41,8 @@ from recurrl.agents.config import to_dict
 from recurrl.agents.devices import fused_optimizer_options
 from recurrl.agents.distributed import Distributed
 from recurrl.agents.run_dir import jsonable, timestamped
-from recurrl.agents.run_loop import Run, RunSpec, Snapshot
+from recurrl.agents.run_loop import Run
+from recurrl.agents.run_spec import RunSpec, Snapshot
 from recurrl.envs.episodes import OfflineDataset
 from recurrl.envs.scores import default_target_return
 from recurrl.policies.decision import DecisionModel, action_loss

@@ -27,7 +27,8 @@ from recurrl.agents.ppo.evaluation import run_episodes
 from recurrl.agents.ppo.normalization import ObsNormalizer, RewardScaler
 from recurrl.agents.ppo.policy import CHECKPOINT_KIND, build_policy, env_actions
 from recurrl.agents.ppo.rollout import RolloutBatch, RolloutBuffer
-from recurrl.agents.run_loop import Run, RunSpec, Snapshot, whole_iterations
+from recurrl.agents.run_loop import Run
+from recurrl.agents.run_spec import RunSpec, Snapshot, whole_iterations
 from recurrl.envs.vector import check_finite, make_vector_env
 from recurrl.policies.actor_critic import SpaceSpec
 from recurrl.policies.backbones.base import State
