@@ -44,7 +44,7 @@ RESUMABLE_CHANGES = frozenset(
         "eval_every",
         "eval_episodes",
         "device",
-        "torch_threads",
+        "num_threads",
         "vectorization",
         "run_dir",
         "progress_bar",
@@ -83,8 +83,8 @@ class PPOTrainer:
 
     def _build(self) -> None:
         config = self.config
-        if config.torch_threads > 0:
-            torch.set_num_threads(config.torch_threads)
+        if config.num_threads > 0:
+            torch.set_num_threads(config.num_threads)
         self.device = torch.device(config.device)
         torch.manual_seed(config.seed)
         np.random.seed(config.seed)
