@@ -18,6 +18,16 @@ from recurrl.scripts.options import (
 )
 
 THREADS_HELP = "torch CPU threads (default: torch's choice)"
+JSON_HELP = "also write the result as JSON to PATH"
+
+
+def _save_json(args: argparse.Namespace, result: dict) -> int:
+    """--json PATH: the result written there too."""
+    if args.json:
+        from recurrl.agents.bench.report import write_json
+
+        write_json(args.json, result)
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -208,7 +218,7 @@ def _register_decision(which: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="auto", help="train, ddp: auto | cpu | cuda")
     parser.add_argument("--nproc", type=int, default=2, help="ddp: processes under torchrun")
-    parser.add_argument("--json", metavar="PATH", help="also write the result as JSON to PATH")
+    parser.add_argument("--json", metavar="PATH", help=JSON_HELP)
     parser.set_defaults(func=run_decision)
 
 
@@ -216,16 +226,14 @@ def run_decision(args: argparse.Namespace) -> int:
     import torch
 
     from recurrl.agents.bench.decision import run
-    from recurrl.agents.bench.report import print_json, write_json
+    from recurrl.agents.bench.report import print_json
 
     check_output_file(args.json, "--json")
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run(args)
     print_json(result)
-    if args.json:
-        write_json(args.json, result)
-    return 0
+    return _save_json(args, result)
 
 
 # --------------------------------------------------------------------------- ppo
@@ -257,23 +265,22 @@ def _register_ppo(which: argparse._SubParsersAction) -> None:
         "--repeats", type=positive_int, default=3, help="throughput: repeats (medians are reported)"
     )
     parser.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0], help="adapter: seeds")
-    parser.add_argument("--threads", type=positive_int, help="throughput: torch CPU threads (default 1)")
-    parser.add_argument("--json", metavar="PATH", help="also write the result as JSON to PATH")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default 1)")
+    parser.add_argument("--json", metavar="PATH", help=JSON_HELP)
     parser.set_defaults(func=run_ppo)
 
 
 def run_ppo(args: argparse.Namespace) -> int:
     from recurrl.agents.bench import ppo
-    from recurrl.agents.bench.report import ppo_adapter_table, ppo_throughput_table, write_json
+    from recurrl.agents.bench.report import ppo_adapter_table, ppo_throughput_table
 
     check_output_file(args.json, "--json")
     if args.what == "adapter":
-        result = ppo.adapter_returns(args.env, args.total_steps or 100_000, tuple(args.seeds))
+        steps = args.total_steps or 100_000
+        result = ppo.adapter_returns(args.env, steps, tuple(args.seeds), num_threads=args.threads or 1)
         print(ppo_adapter_table(result))
     else:
         overrides = list(args.overrides) + ([f"num_threads={args.threads}"] if args.threads else [])
         result = ppo.throughput(args.env, args.backbone, args.total_steps or 20_000, args.repeats, overrides)
         print(ppo_throughput_table(result))
-    if args.json:
-        write_json(args.json, result)
-    return 0
+    return _save_json(args, result)

@@ -198,12 +198,13 @@ def adapter_returns(
     seeds: tuple[int, ...] = (0,),
     eval_episodes: int = 20,
     adapter_learning_rate: float = 3e-4,
+    num_threads: int = 1,
 ) -> dict[str, Any]:
     """The LSTM runs the Zoo's lr 1e-3; minGRU runs 3e-4 (with 1e-3 its updates overshoot: seed 0
     scored 261 at 100k steps, against 500 with 3e-4; see the README)."""
     from recurrl.policies.integrations.sb3 import MinGRUPolicy
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(num_threads)
     results: dict[str, list[dict[str, Any]]] = {
         "MinGRUPolicy (adapter)": [],
         "MlpLstmPolicy (sb3-contrib)": [],
