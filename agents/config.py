@@ -29,7 +29,9 @@ class RenamedKeyWarning(UserWarning):
     """A config used a key under its old name (the CLI prints it as one line)."""
 
 
-def rename_old_keys(data: dict[str, Any], field_names: set[str], where: str = "", warn: bool = True) -> dict[str, Any]:
+def rename_old_keys(
+    data: dict[str, Any], field_names: set[str], where: str = "", warn: bool = True
+) -> dict[str, Any]:
     """`data` with each old key of RENAMED_KEYS under its new name, where `field_names` has the new
     one and not the old; when both are given the new key's value wins."""
     renamed = dict(data)
