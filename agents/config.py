@@ -1,7 +1,9 @@
 """Dataclass configs from YAML presets plus `key=value` command-line overrides.
 
 YAML holds values only. Files are merged in order (later wins), then overrides; nested dataclasses
-are addressed with dots (`model.hidden_dim=64`). Unknown keys are an error that lists the valid ones.
+are addressed with dots (`model.hidden_dim=64`). Unknown keys are an error that lists the valid ones;
+a key that was renamed (RENAMED_KEYS) is read under its new name with a one-line warning, so configs
+saved beside older checkpoints still load and resume.
 """
 
 from __future__ import annotations
@@ -11,12 +13,39 @@ import json
 import math
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
 T = TypeVar("T")
+
+# Old key -> its new name. torch_threads: PPO's thread count, now num_threads as in the Decision config.
+RENAMED_KEYS: dict[str, str] = {"torch_threads": "num_threads"}
+
+
+class RenamedKeyWarning(UserWarning):
+    """A config used a key under its old name (the CLI prints it as one line)."""
+
+
+def rename_old_keys(
+    data: dict[str, Any], field_names: set[str], where: str = "", warn: bool = True
+) -> dict[str, Any]:
+    """`data` with each old key of RENAMED_KEYS under its new name, where `field_names` has the new
+    one and not the old; when both are given the new key's value wins."""
+    renamed = dict(data)
+    for old, new in RENAMED_KEYS.items():
+        if old in renamed and new in field_names and old not in field_names:
+            value = renamed.pop(old)
+            renamed.setdefault(new, value)
+            if warn:
+                warnings.warn(
+                    f"config key {where}{old} is now called {where}{new}; read as {where}{new}={renamed[new]!r}",
+                    RenamedKeyWarning,
+                    stacklevel=3,
+                )
+    return renamed
 
 
 def load_config(cls: type[T], paths: list[str | Path] | None = None, overrides: list[str] | None = None) -> T:
@@ -51,6 +80,7 @@ def load_config(cls: type[T], paths: list[str | Path] | None = None, overrides: 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build dataclass `cls` from a mapping, strictly: unknown keys and wrong types raise ValueError."""
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    data = rename_old_keys(data, set(fields), where)
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:

@@ -10,7 +10,6 @@ rounds of the three runners interleaved so that machine noise falls on all of th
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from recurrl.agents.agent import DecisionAgent, PPOAgent
+from recurrl.agents.bench.timing import interleaved_rounds, rate_per_s
 from recurrl.agents.export import step_module
 
 
@@ -68,14 +68,9 @@ def step_latency_us(
         "torch": _torch_runner(agent, eager=False),
         "torch_eager": _torch_runner(agent, eager=True),
     }
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for round_index in range(rounds + 1):  # round 0 warms up (compiles the kernel, fills caches)
-        for name, tick in runners.items():
-            start = time.perf_counter()
-            for _ in range(ticks):
-                tick()
-            if round_index > 0:
-                times[name].append(1e6 * (time.perf_counter() - start) / ticks)
+    # One untimed round first (compiles the kernel, fills caches), then rounds interleaving the runners.
+    per_tick_us = {name: lambda tick=tick: 1e6 / rate_per_s(tick, ticks) for name, tick in runners.items()}
+    times = interleaved_rounds(per_tick_us, rounds)
     out: dict[str, Any] = {name: float(statistics.median(t)) for name, t in times.items()}
     out["spread"] = {name: [float(np.min(t)), float(np.max(t))] for name, t in times.items()}
     return {**out, "ticks": ticks, "rounds": rounds, "threads": threads}

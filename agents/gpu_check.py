@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,10 @@ def mamba_check(
 
 
 def _time_step(model: Any, x: Any, repeats: int, device: str) -> float:
+    """Median milliseconds of a training step (forward, backward) after 2 warmup steps."""
     import torch
+
+    from recurrl.agents.bench.timing import budgeted_samples, sync
 
     def step() -> None:
         y, _ = model(x)
@@ -92,16 +95,8 @@ def _time_step(model: Any, x: Any, repeats: int, device: str) -> float:
 
     for _ in range(2):
         step()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
+    sync(torch.device(device))
+    return 1e3 * statistics.median(budgeted_samples(step, torch.device(device), repeats, budget_s=math.inf))
 
 
 def main(argv: list[str] | None = None) -> int:

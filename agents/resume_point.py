@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from recurrl.agents.checkpoint import CheckpointError, read_meta
-from recurrl.agents.config import to_dict
+from recurrl.agents.config import rename_old_keys, to_dict
 from recurrl.agents.run_dir import CONFIG, RunDir, jsonable, read_json
 
 
@@ -44,6 +44,7 @@ def resume_point(run_dir: RunDir, kind: str, config: Any, resumable: frozenset[s
 def check_config(run: Path, saved: dict[str, Any], config: Any, resumable: frozenset[str], where: Path) -> None:
     """The resume rule: only the `resumable` keys may differ from the run's saved config."""
     new = jsonable(to_dict(config))
+    saved = rename_old_keys(saved, set(new), warn=False)  # a run saved before a key was renamed
     changed = sorted(k for k in saved if k not in resumable and saved[k] != new.get(k))
     if changed:
         details = ", ".join(f"{k}: {saved[k]!r} -> {new.get(k)!r}" for k in changed)

@@ -17,7 +17,7 @@ import warnings
 from typing import Any, NoReturn
 
 # subcommand modules, in the order `recurrl --help` lists them
-COMMANDS = ["train", "evaluate", "compare", "probe", "train_ppo", "dataset", "collect", "bench", "bench_decision", "export", "plot"]
+COMMANDS = ["train", "evaluate", "compare", "probe", "train_ppo", "dataset", "collect", "bench", "export", "plot"]
 
 # Optional packages a command may need, and how to get them (the import error names the package).
 INSTALL_HINTS = {

@@ -91,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="gzip the Minari arrays (lossless; smaller, slightly slower to load)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of the same id")
-    parser.add_argument("--torch-threads", type=positive_int, default=1, help="threads for policy inference")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads for policy inference")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run)
@@ -126,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
     packages = import_env_packages(args)
     check_env_id(args.env)
     # Batches of a few observations: one thread is faster than two fighting the env loop for cores.
-    torch.set_num_threads(args.torch_threads)
+    torch.set_num_threads(args.threads)
     check_output_dir(args.datasets_path, "--datasets-path")
     (check_output_dir if args.suite else check_output_file)(args.export_hdf5, "--export-hdf5")
     log = (lambda _: None) if args.json else print

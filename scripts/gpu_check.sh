@@ -15,10 +15,10 @@
 #   mamba_ssm  pip install mamba-ssm in the background (a prebuilt wheel, or a build: often too slow,
 #              then the mamba step is skipped, saying so)
 #   triton     tests/test_triton_scan.py's GPU test: the fused scan kernels compiled for the device
-#   bench      recurrl bench --device cuda, T=1024,4096: the HBM-bandwidth, cuDNN and log-scan targets
-#   dt_k20, dt_k200   recurrl bench-decision train: minGRU, Transformer, Mamba, LSTM, with and without
+#   bench      recurrl bench backbones --device cuda, T=1024,4096: the HBM-bandwidth, cuDNN and log-scan targets
+#   dt_k20, dt_k200   recurrl bench decision train: minGRU, Transformer, Mamba, LSTM, with and without
 #              bf16 autocast (the minGRU/Transformer targets: >= 2x at K=20, >= 4x at K=200)
-#   ddp        recurrl bench-decision ddp: torchrun --nproc_per_node 2 on the one GPU (NCCL) against
+#   ddp        recurrl bench decision ddp: torchrun --nproc_per_node 2 on the one GPU (NCCL) against
 #              one process; ddp_gloo the same on gloo when NCCL refuses (it may refuse 2 ranks on 1 GPU)
 #   mamba      the Mamba backbone on mamba_ssm's kernel against its PyTorch path (when it installed)
 #   summary    summary.json, summary.md (python -m recurrl.agents.gpu_check summary OUT_DIR)
@@ -181,15 +181,15 @@ else
   DDP=(--steps 10 --rounds 1 --hidden-dim 32 --num-layers 1 --batch-size 8)
   skip triton "no GPU (the CPU test suite runs the kernels in Triton's interpreter)"
 fi
-step bench 150 "$PY" -m recurrl bench --device "$DEVICE" "${BENCH[@]}" --no-progress --out "$OUT/bench"
+step bench 150 "$PY" -m recurrl bench backbones --device "$DEVICE" "${BENCH[@]}" --no-progress --out "$OUT/bench"
 for k in 20 200; do
-  step "dt_k$k" 90 "$PY" -m recurrl bench-decision train --device "$DEVICE" --dataset "$DATASET" \
+  step "dt_k$k" 90 "$PY" -m recurrl bench decision train --device "$DEVICE" --dataset "$DATASET" \
     --backbones mingru transformer mamba lstm --amp both --context-length "$k" "${DT[@]}" --json "$OUT/dt_k$k.json"
 done
-if ! step ddp 75 "$PY" -m recurrl bench-decision ddp --device "$DEVICE" --dataset "$DATASET" --nproc 2 \
+if ! step ddp 75 "$PY" -m recurrl bench decision ddp --device "$DEVICE" --dataset "$DATASET" --nproc 2 \
   "${DDP[@]}" --json "$OUT/ddp.json"; then
   [ "$DEVICE" = cuda ] && FAILED=0 # NCCL may refuse 2 ranks on 1 GPU: gloo is the smoke test then
-  step ddp_gloo 75 env RECURRL_DIST_BACKEND=gloo "$PY" -m recurrl bench-decision ddp --device "$DEVICE" \
+  step ddp_gloo 75 env RECURRL_DIST_BACKEND=gloo "$PY" -m recurrl bench decision ddp --device "$DEVICE" \
     --dataset "$DATASET" --nproc 2 "${DDP[@]}" --json "$OUT/ddp_gloo.json"
 fi
 

@@ -1,10 +1,9 @@
-"""`recurrl train-ppo`: online recurrent PPO, and the side-by-side throughput benchmark against sb3-contrib.
+"""`recurrl train-ppo`: online recurrent PPO (its benchmarks against sb3-contrib: `recurrl bench ppo`).
 
 recurrl train-ppo --env CartPoleNoVel-v1 --backbone mingru
 recurrl train-ppo --env PendulumNoVel-v1 --backbone mingru --seed 2 total_steps=500000
 recurrl train-ppo --resume runs/ppo/cartpole total_steps=400000
 recurrl train-ppo --env-package popgym --env popgym-RepeatPreviousEasy-v0 --backbone mingru
-recurrl train-ppo --bench-sb3 --total-steps 20000 --repeats 3
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from pathlib import Path
 
 from recurrl.scripts.options import (
     add_env_package_option,
-    check_output_file,
     env_packages_override,
     import_env_packages,
     nonnegative_int,
@@ -28,7 +26,7 @@ from recurrl.scripts.train import add_run_options, resume_argument
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train-ppo",
-        help="train a recurrent PPO agent online (or --bench-sb3: throughput against sb3-contrib RecurrentPPO)",
+        help="train a recurrent PPO agent online",
         description=(
             "Recurrent PPO on a gymnasium env. The preset configs/ppo/<env>.yaml is used when it exists; "
             "--config adds YAML files, trailing key=value pairs override any config field "
@@ -53,22 +51,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda")
     add_run_options(parser, "--run-dir's")
-    bench = parser.add_argument_group("throughput benchmark")
-    bench.add_argument(
-        "--bench-sb3",
-        action="store_true",
-        help="measure env steps/s of this PPO and of sb3-contrib RecurrentPPO(MlpLstmPolicy) side by side",
-    )
-    bench.add_argument("--repeats", type=positive_int, default=3, help="benchmark repeats (medians are reported)")
-    bench.add_argument(
-        "--compare-sb3",
-        action="store_true",
-        help="train sb3-contrib RecurrentPPO with our MinGRUPolicy and with its MlpLstmPolicy (RL Zoo "
-        "CartPoleNoVel-v1 hyperparameters; minGRU at lr 3e-4, LSTM at the Zoo's 1e-3; default 100k steps) and "
-        "compare evaluation returns",
-    )
-    bench.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0], help="--compare-sb3: seeds")
-    bench.add_argument("--output", help="--bench-sb3/--compare-sb3: also write the results as JSON here")
     parser.set_defaults(func=run)
 
 
@@ -148,45 +130,11 @@ def _resume_config(args: argparse.Namespace, resume_dir: str, overrides: list[st
 
 
 def run(args: argparse.Namespace) -> int:
-    check_output_file(args.output, "--output")
-    import_env_packages(args)  # before any env is made, by any of the modes below
+    import_env_packages(args)  # before any env is made
     if args.env:
         from recurrl.envs.packages import check_env_id
 
         check_env_id(args.env)  # before a run directory is made
-    if args.compare_sb3:
-        from recurrl.agents.ppo.sb3_compare import compare_adapter
-
-        result = compare_adapter(
-            args.env or "CartPoleNoVel-v1", args.total_steps or 100_000, tuple(args.seeds)
-        )
-        for name, runs in result["runs"].items():
-            returns = ", ".join(
-                f"seed {r['seed']}: {r['mean_return']:.1f} ({r['wall_s']:.0f} s)" for r in runs
-            )
-            print(f"{name:<30} mean {result['mean_return'][name]:.1f}  [{returns}]")
-        if args.output:
-            from recurrl.agents.checkpoint import write_json_atomic
-
-            write_json_atomic(args.output, result)
-        return 0
-    if args.bench_sb3:
-        from recurrl.agents.ppo_throughput import format_report, run_benchmark
-
-        result = run_benchmark(
-            env_id=args.env or "CartPoleNoVel-v1",
-            backbone=args.backbone or "mingru",
-            total_steps=args.total_steps or 20_000,
-            repeats=args.repeats,
-            overrides=list(args.overrides),
-        )
-        print(format_report(result))
-        if args.output:
-            from recurrl.agents.checkpoint import write_json_atomic
-
-            write_json_atomic(args.output, result)
-        return 0
-
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # N copies would fight over one run directory

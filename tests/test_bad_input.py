@@ -41,17 +41,18 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("probe-scale-nan", "probe {decision} --scales 0 nan", ["--scales", "'nan'"]),
     ("ppo-total-steps-zero", "train-ppo --total-steps 0", ["--total-steps", "'0'"]),
     ("ppo-seed-negative", "train-ppo --seed -1", ["--seed"]),
-    ("ppo-repeats-zero", "train-ppo --bench-sb3 --repeats 0", ["--repeats"]),
+    ("bench-ppo-repeats-zero", "bench ppo throughput --repeats 0", ["--repeats"]),
     ("collect-noise-negative", COLLECT + " --noise -0.1", ["--noise", "'-0.1'"]),
     ("collect-noise-nan", COLLECT + " --noise nan", ["--noise", "'nan'"]),
     ("collect-steps-zero", COLLECT + " --steps 0", ["--steps"]),
     ("collect-num-envs-zero", COLLECT + " --num-envs 0", ["--num-envs"]),
     ("collect-workers-zero", COLLECT + " --workers 0", ["--workers"]),
-    ("bench-budget-nan", "bench --budget nan", ["--budget", "'nan'"]),
-    ("bench-repeats-zero", "bench --repeats 0", ["--repeats"]),
-    ("bench-seq-lens-zero", "bench --seq-lens 0,64", ["--seq-lens", "0,64"]),
-    ("bench-decision-batch-zero", "bench-decision tick --batch 0", ["--batch"]),
-    ("bench-decision-width-negative", "bench-decision train --hidden-dim -4", ["--hidden-dim"]),
+    ("bench-budget-nan", "bench backbones --budget nan", ["--budget", "'nan'"]),
+    ("bench-repeats-zero", "bench backbones --repeats 0", ["--repeats"]),
+    ("bench-seq-lens-zero", "bench backbones --seq-lens 0,64", ["--seq-lens", "0,64"]),
+    ("bench-decision-batch-zero", "bench decision tick --batch 0", ["--batch"]),
+    ("bench-decision-width-negative", "bench decision train --hidden-dim -4", ["--hidden-dim"]),
+    ("bench-without-what", "bench", ["WHAT"]),
     ("export-ticks-zero", "export {decision} {root}/p.onnx --ticks 0", ["--ticks"]),
     ("export-target-nan", "export {decision} {root}/p.onnx --target-return nan", ["--target-return"]),
     ("unknown-option", "train --no-such-option", ["--no-such-option"]),
@@ -129,7 +130,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("plot-output-suffix", "plot {ppo_run} -o {root}/c.gif", ["c.gif"]),
     ("plot-run-is-file", "plot {file}", ["a-file.txt", "is a file"]),
     ("compare-out-is-file", "compare --datasets {good} --out {file}", ["--out", "a-file.txt"]),
-    ("bench-out-is-file", "bench --out {file}", ["--out", "a-file.txt"]),
+    ("bench-out-is-file", "bench backbones --out {file}", ["--out", "a-file.txt"]),
     ("collect-datasets-path-is-file", "collect --env Hopper-v5 --policy random --datasets-path {file}", ["a-file.txt"]),
     ("collect-export-is-dir", COLLECT + " --export-hdf5 {dir}", ["--export-hdf5", "a-dir"]),
     # ---- envs
@@ -151,7 +152,7 @@ if MISSING["Box2D"]:
 if MISSING["huggingface_hub"]:
     CASES.append(("download-extra", "dataset info nobody/nothing-v0 --download", ["recurrl[download]"]))
 if MISSING["d3rlpy"]:
-    CASES.append(("d3rlpy-missing", "bench-decision d3rlpy --dataset {good}", ["d3rlpy"]))
+    CASES.append(("d3rlpy-missing", "bench decision d3rlpy --dataset {good}", ["d3rlpy"]))
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +198,7 @@ def test_the_table_covers_every_command_and_enough_cases():
     assert len(CASES) >= 60
     commands = {case[1].split()[0] for case in CASES}
     assert commands >= {"train", "evaluate", "compare", "probe", "train-ppo", "dataset", "collect", "bench",
-                        "bench-decision", "export", "plot"}  # fmt: skip
+                        "export", "plot"}  # fmt: skip
 
 
 def test_missing_optional_package_names_its_extra(paths, capsys, monkeypatch):

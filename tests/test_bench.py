@@ -1,4 +1,4 @@
-"""`recurrl bench` end to end at tiny sizes: files written, every requested row measured, bad input rejected."""
+"""`recurrl bench backbones` end to end at tiny sizes: files written, every requested row measured, bad input rejected."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from recurrl.agents.bench import BenchConfig, Job, memory_guard, plan, resolve_device, run_bench
+from recurrl.agents.bench.backbone_config import BenchConfig, resolve_device
+from recurrl.agents.bench.backbone_jobs import Job, plan
+from recurrl.agents.bench.backbones import memory_guard, run_bench
 from recurrl.policies.backbones import BACKBONES
 
 
@@ -23,7 +25,7 @@ def tiny(**overrides) -> BenchConfig:
         ticks=3,
         budget_s=0.05,
         dt_layers=1,
-        threads=1,  # on a shared CPU, two intra-op threads can wait on each other for a whole time slice
+        num_threads=1,  # on a shared CPU, two intra-op threads can wait on each other for a whole time slice
     )
     values.update(overrides)
     return BenchConfig(**values)
@@ -106,7 +108,7 @@ def test_bad_config_raises_value_error(tmp_path: Path, overrides: dict, message:
 def test_cli_rejects_unknown_backbone(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     from recurrl.scripts.cli import main
 
-    assert main(["bench", "--quick", "--backbones", "lstm,nope", "--out", str(tmp_path)]) == 2
+    assert main(["bench", "backbones", "--quick", "--backbones", "lstm,nope", "--out", str(tmp_path)]) == 2
     assert "unknown backbone" in capsys.readouterr().err
 
 
@@ -125,7 +127,9 @@ def test_gpu_targets_and_bandwidth_from_synthetic_medians() -> None:
     """The CUDA-only arithmetic (bandwidth, ratios, PASS/FAIL), checked without a GPU."""
     import torch
 
-    from recurrl.agents.bench import add_bandwidth, markdown, targets
+    from recurrl.agents.bench.hardware import add_bandwidth
+    from recurrl.agents.bench.report import backbones_markdown
+    from recurrl.agents.bench.targets import targets
 
     config = BenchConfig(device="cpu", seq_lens=(4096,), batch_size=64, hidden_dim=128)
     elements = 64 * 4096 * 128
@@ -160,12 +164,12 @@ def test_gpu_targets_and_bandwidth_from_synthetic_medians() -> None:
     for row in rows:
         row["repeats"] = 5
     peak = 3.35e12
-    add_bandwidth(rows, config, peak)
+    add_bandwidth(rows, config.hidden_dim, peak)
     assert rows[0]["bandwidth_gb_s"] == pytest.approx(36 * elements / 0.5e-3 / 1e9)
     assert rows[0]["bandwidth_fraction"] == pytest.approx(36 * elements / 0.5e-3 / peak)
     assert "bandwidth_gb_s" not in rows[4]  # only minGRU rows have the 36 B/element model
 
-    checks = targets(rows, config, torch.device("cuda"), peak)
+    checks = targets(rows, config, torch.device("cuda"))
     results = [(c["value"], c["result"]) for c in checks]
     fraction = 36 * elements / 0.5e-3 / peak  # 0.72
     assert results == [
@@ -181,5 +185,5 @@ def test_gpu_targets_and_bandwidth_from_synthetic_medians() -> None:
         "rows": rows,
         "targets": checks,
     }  # fmt: skip
-    text = markdown(result)
+    text = backbones_markdown(result)
     assert "Achieved bandwidth" in text and "FAIL" in text and "PASS" in text

@@ -13,7 +13,7 @@ def test_every_subcommand_is_registered(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    assert "train-ppo" in out and "bench-decision" in out
+    assert "train-ppo" in out and "bench" in out
 
 
 def test_bad_input_is_one_error_line_not_a_traceback(tmp_path, capsys):
@@ -49,7 +49,7 @@ def test_bench_decision_tick_reports_every_batch_and_the_ratio(capsys):
     eager step, and the reported ratios are the Transformer's window over each minGRU step, same run."""
     import json
 
-    args = ["bench-decision", "tick", "--hidden-dim", "16", "--num-layers", "1", "--context-length", "4"]
+    args = ["bench", "decision", "tick", "--hidden-dim", "16", "--num-layers", "1", "--context-length", "4"]
     assert main([*args, "--ticks", "3", "--rounds", "1", "--batch", "1", "2", "--threads", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["setup"]["tokens"] == {"mingru": "fused", "transformer": "triple"}

@@ -56,3 +56,21 @@ def test_wrong_types_and_bad_overrides_are_errors(tmp_path):
         load_config(Train, [], ["steps"])
     with pytest.raises(ValueError, match="not found"):
         load_config(Train, [tmp_path / "missing.yaml"])
+
+
+def test_a_renamed_key_is_read_under_its_new_name_with_a_warning(tmp_path):
+    """A PPO config.json saved before torch_threads became num_threads still loads and resumes."""
+    import json
+
+    from recurrl.agents.config import RenamedKeyWarning
+    from recurrl.agents.ppo.config import PPOConfig
+    from recurrl.agents.resume_point import check_config
+
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps({"torch_threads": 2, "env_id": "CartPoleNoVel-v1"}))
+    with pytest.warns(RenamedKeyWarning, match="torch_threads is now called num_threads"):
+        config = load_config(PPOConfig, [saved])
+    assert config.num_threads == 2
+    with pytest.warns(RenamedKeyWarning):
+        assert load_config(PPOConfig, [saved], ["num_threads=3"]).num_threads == 3  # the new key wins
+    check_config(tmp_path, {"torch_threads": 2}, config, frozenset({"num_threads"}), saved)  # no difference

@@ -21,7 +21,8 @@ from recurrl.agents.decision.config import DecisionConfig
 from recurrl.agents.decision.data import SegmentSampler
 from recurrl.agents.decision.evaluation import run_episodes
 from recurrl.agents.decision.model_io import EnvSpec, load_decision_checkpoint
-from recurrl.agents.decision.trainer import DecisionTrainer, lr_factor
+from recurrl.agents.decision.optim import lr_factor
+from recurrl.agents.decision.trainer import DecisionTrainer
 from recurrl.agents.run_loop import TrainingDiverged
 from recurrl.envs.episodes import Episode, OfflineDataset, random_action_dataset
 from recurrl.policies.decision import DecisionModel, DecisionModelConfig

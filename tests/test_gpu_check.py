@@ -75,7 +75,7 @@ def test_the_whole_script_runs_small_on_the_cpu(tmp_path: Path) -> None:
 def test_bench_decision_train_with_and_without_autocast_writes_json(tmp_path: Path) -> None:
     from recurrl.scripts.cli import main
 
-    args = ["bench-decision", "train", "--backbones", "mingru", "transformer", "--amp", "both", "--hidden-dim", "16"]
+    args = ["bench", "decision", "train", "--backbones", "mingru", "transformer", "--amp", "both", "--hidden-dim", "16"]
     args += ["--num-layers", "1", "--batch-size", "4", "--context-length", "4", "--steps", "1", "--rounds", "1"]
     assert main([*args, "--device", "cpu", "--json", str(tmp_path / "dt.json")]) == 0
     result = json.loads((tmp_path / "dt.json").read_text())

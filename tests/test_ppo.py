@@ -429,12 +429,13 @@ def test_memory_learns_cartpole_novel_where_mlp_cannot(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_throughput_benchmark_runs_both_side_by_side() -> None:
-    from recurrl.agents.ppo_throughput import format_report, run_benchmark
+    from recurrl.agents.bench.ppo import throughput
+    from recurrl.agents.bench.report import ppo_throughput_table
 
     small = ["num_envs=2", "num_steps=16", "num_minibatches=1", "update_epochs=1", "hidden_dim=8"]
-    result = run_benchmark(total_steps=50, repeats=1, overrides=small, include_adapter=True)
+    result = throughput(total_steps=50, repeats=1, overrides=small, include_adapter=True)
     assert result["settings"]["total_steps"] == 64  # rounded up to whole rollouts for both sides
     assert len(result["median_steps_per_s"]) == 3
     assert all(v > 0 for v in result["median_steps_per_s"].values())
     assert result["ratio_ours_over_sb3_lstm"] > 0 and result["cpu_ratio_ours_over_sb3_lstm"] > 0
-    assert "ratio recurrl PPO / sb3-contrib LSTM" in format_report(result)
+    assert "ratio recurrl PPO / sb3-contrib LSTM" in ppo_throughput_table(result)

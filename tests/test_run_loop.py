@@ -160,7 +160,7 @@ def test_cli_train_ppo_resumes_from_the_saved_config(
     same.write_text("update_epochs: 1\n")
     other.write_text("gamma: 0.5\n")
     started = ["train-ppo", "--backbone", "mlp", "--run-dir", str(run_dir), "--no-progress", "--resume"]
-    assert main([*started, "--config", str(same), "torch_threads=1", "total_steps=128"]) == 0
+    assert main([*started, "--config", str(same), "num_threads=1", "total_steps=128"]) == 0
     assert json.loads(capsys.readouterr().out)["global_step"] == 128
     assert main([*started, "--config", str(other)]) == 2
     assert "gamma: 0.98 -> 0.5" in capsys.readouterr().err

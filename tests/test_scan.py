@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-import recurrl.policies.backbones.kernels.scan as scan_module
+import recurrl.policies.backbones.kernels.scan_backends as backends_module
 from recurrl.policies.backbones.kernels.scan import (
     g_activation,
     gated_scan,
     log_g,
     minlstm_scan_tm,
-    resolve_backend,
     scan,
 )
+from recurrl.policies.backbones.kernels.scan_backends import resolve_backend
 
 BACKENDS = ["loop", "log", "numba"]
 
@@ -200,7 +200,7 @@ def test_auto_backend_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="CUDA"):
         resolve_backend("triton", torch.device("cpu"))
     # Without numba installed, CPU falls back to the loop, and asking for numba says how to get it.
-    monkeypatch.setattr(scan_module, "numba_available", lambda: False)
+    monkeypatch.setattr(backends_module, "numba_available", lambda: False)
     assert resolve_backend("auto", torch.device("cpu")) == "loop"
     with pytest.raises(ValueError, match="pip install numba"):
         resolve_backend("numba", torch.device("cpu"))

@@ -113,9 +113,8 @@ class Grid:
         for module in self.env_packages:
             args += ["--env-package", module]
         overrides = list(self.overrides)
-        thread_key = "torch_threads" if self.online else "num_threads"
-        if not any(o.startswith(f"{thread_key}=") for o in overrides):
-            overrides.append(f"{thread_key}=1")
+        if not any(o.startswith("num_threads=") for o in overrides):
+            overrides.append("num_threads=1")
         width = self.widths.get(f"{cell.task}|{cell.backbone}")
         if width is not None:
             overrides.append(f"model.hidden_dim={width}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +38,14 @@ def median_scalar(run_dir: Path, tag: str) -> float | None:
 
 @torch.no_grad()
 def tick_latency_us(model: Any, context_length: int) -> float:
-    """Median microseconds of one `model.step` at batch 1, after a window of context (untimed)."""
-    s, a = model.state_dim, model.act_dim
-    rtg, obs = torch.full((1, 1), 1000.0), torch.randn(1, s)
-    prev = torch.zeros(1, dtype=torch.long) if model.discrete else torch.zeros(1, a)
-    first, later = torch.ones(1, dtype=torch.bool), torch.zeros(1, dtype=torch.bool)
-    rounds = []
-    for _ in range(ROUNDS + 1):  # the first round warms up (compiles the step, fills the KV cache)
-        state = model.initial_state(1)
-        for t in range(context_length):
-            _, state = model.step(rtg, obs, prev, torch.tensor([t]), state, first if t == 0 else later)
-        times = [torch.tensor([t]) for t in range(context_length, context_length + TICKS)]
-        start = time.perf_counter()
-        for t in times:
-            _, state = model.step(rtg, obs, prev, t, state, later)
-        rounds.append((time.perf_counter() - start) / TICKS)
-    return 1e6 * statistics.median(rounds[1:])
+    """Median microseconds of one `model.step` at batch 1, after a window of context (untimed);
+    a first untimed round warms up (compiles the step, fills the KV cache)."""
+    from recurrl.agents.bench.decision import TickInputs, step_seconds_per_tick
+    from recurrl.agents.bench.timing import interleaved_rounds
+
+    inputs = TickInputs.make(model, 1, context_length, TICKS, target_return=1000.0)
+    step = {"step": lambda: step_seconds_per_tick(model, inputs, context_length, TICKS)}
+    return 1e6 * statistics.median(interleaved_rounds(step, ROUNDS)["step"])
 
 
 def _first_target(result: dict[str, Any]) -> dict[str, Any]:

@@ -38,10 +38,10 @@ from tqdm.auto import tqdm
 
 from recurrl.agents.checkpoint import CheckpointError, load_weights_strict, read_meta
 from recurrl.agents.config import to_dict
-from recurrl.agents.devices import fused_optimizer_options
 from recurrl.agents.distributed import Distributed
 from recurrl.agents.run_dir import jsonable, timestamped
-from recurrl.agents.run_loop import Run, RunSpec, Snapshot
+from recurrl.agents.run_loop import Run
+from recurrl.agents.run_spec import RunSpec, Snapshot
 from recurrl.envs.episodes import OfflineDataset
 from recurrl.envs.packages import import_env_packages
 from recurrl.envs.scores import default_target_return
@@ -51,6 +51,7 @@ from .config import DecisionConfig
 from .data import SegmentSampler
 from .evaluation import evaluate_model, format_summary
 from .model_io import KIND, EnvSpec, build_model, load_decision_checkpoint, model_kwargs
+from .optim import make_optimizer
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -138,13 +139,7 @@ class DecisionTrainer:
         self.ema: DecisionModel | None = None
         if config.ema_decay > 0:
             self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(
-            self._param_groups(), lr=config.lr, betas=(0.9, 0.999), **fused_optimizer_options(self.device)
-        )
-        # Reads the config at every step, so extending a run (`--resume ... steps=N`) re-plans the decay.
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(self.config, s)
-        )
+        self.optimizer, self.scheduler = make_optimizer(self.model, self.config, self.device)
         self.sampler = SegmentSampler(self.dataset, config.context_length, config.burn_in, seed=config.seed)
         self.step = 0
         self.best_score = -math.inf
@@ -153,19 +148,6 @@ class DecisionTrainer:
         self.amp = config.amp and self.device.type == "cuda"
 
     # ------------------------------------------------------------------ setup helpers
-    def _param_groups(self) -> list[dict[str, Any]]:
-        """Weight decay on matrices only (nanoGPT/DT convention), not on biases, norms, embeddings."""
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            is_embedding = name.startswith("embed_timestep") or (
-                self.model.discrete and name.startswith("embed_action")
-            )
-            (decay if param.ndim >= 2 and not is_embedding else no_decay).append(param)
-        return [
-            {"params": decay, "weight_decay": self.config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-
     def _resolve_targets(self) -> None:
         """No eval.target_returns given: one from the dataset, said out loud (and saved in config.json).
         A target far outside the dataset's episode returns (beyond one return range) is a warning."""
@@ -398,15 +380,3 @@ def _eval_scalars(summary: dict[str, Any]) -> dict[str, float]:
     if summary["normalized_score_mean"] is not None:
         scalars["eval/normalized_score"] = summary["normalized_score_mean"]
     return scalars
-
-
-def lr_factor(config: DecisionConfig, step: int) -> float:
-    """Multiplier of config.lr for optimizer step `step` (0-based): linear warmup over warmup_steps, then
-    constant, or a half cosine from 1 down to min_lr_ratio at config.steps."""
-    warmup = max(config.warmup_steps, 1)
-    if step + 1 < warmup:
-        return (step + 1) / warmup
-    if config.lr_schedule == "constant":
-        return 1.0
-    progress = min(max(step + 1 - warmup, 0) / max(config.steps - warmup, 1), 1.0)
-    return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -54,7 +54,7 @@ class PPOConfig:
     device: str = "cpu"
     # torch.set_num_threads (process-wide); 0 leaves torch's default. One thread is fastest for these
     # small models on CPU: per-tick inference is latency-bound, and extra threads only add sync cost.
-    torch_threads: int = 1
+    num_threads: int = 1
     run_dir: str = "runs/ppo"  # TensorBoard events, checkpoints/last, config.json, results.json (one run)
     checkpoint_every: int = 10  # iterations between checkpoints (the final one is always written)
     # Periodic evaluation (SB3's EvalCallback): every eval_every env steps (0 = off), eval_episodes
@@ -88,7 +88,7 @@ class PPOConfig:
             )
         if self.learning_rate <= 0 or self.clip_coef <= 0:
             raise ValueError("PPO config: learning_rate and clip_coef must be positive")
-        for name in ("ent_coef", "vf_coef", "torch_threads"):
+        for name in ("ent_coef", "vf_coef", "num_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"PPO config: {name} must be >= 0, got {getattr(self, name)}")
         for name in ("max_grad_norm", "clip_obs", "clip_reward"):

@@ -24,10 +24,12 @@ from recurrl.agents.devices import fused_optimizer_options
 from recurrl.agents.flat_params import FlatParameters
 from recurrl.agents.ppo.config import PPOConfig
 from recurrl.agents.ppo.evaluation import run_episodes
+from recurrl.agents.ppo.loss import explained_variance, ppo_loss
 from recurrl.agents.ppo.normalization import ObsNormalizer, RewardScaler
 from recurrl.agents.ppo.policy import CHECKPOINT_KIND, build_policy, env_actions
 from recurrl.agents.ppo.rollout import RolloutBatch, RolloutBuffer
-from recurrl.agents.run_loop import Run, RunSpec, Snapshot, whole_iterations
+from recurrl.agents.run_loop import Run
+from recurrl.agents.run_spec import RunSpec, Snapshot, whole_iterations
 from recurrl.envs.packages import import_env_packages
 from recurrl.envs.vector import check_finite, make_vector_env
 from recurrl.policies.actor_critic import SpaceSpec
@@ -44,7 +46,7 @@ RESUMABLE_CHANGES = frozenset(
         "eval_every",
         "eval_episodes",
         "device",
-        "torch_threads",
+        "num_threads",
         "vectorization",
         "run_dir",
         "progress_bar",
@@ -84,8 +86,8 @@ class PPOTrainer:
 
     def _build(self) -> None:
         config = self.config
-        if config.torch_threads > 0:
-            torch.set_num_threads(config.torch_threads)
+        if config.num_threads > 0:
+            torch.set_num_threads(config.num_threads)
         self.device = torch.device(config.device)
         torch.manual_seed(config.seed)
         np.random.seed(config.seed)
@@ -260,41 +262,19 @@ class PPOTrainer:
             for start in range(0, cfg.num_envs, per_minibatch):
                 mb = batch.select(order[start : start + per_minibatch])
                 dist, value, _ = self.policy(mb.obs, mb.initial_state, mb.episode_starts)  # [n, T]
-                log_prob = dist.log_prob(mb.actions)
-                log_ratio = log_prob - mb.log_probs
-                ratio = log_ratio.exp()
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean()  # the low-variance k3 estimator
-                    clip_fraction = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
-                adv = mb.advantages
-                if cfg.norm_adv:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                pg_loss = torch.max(
-                    -adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
-                ).mean()
-                if cfg.clip_vloss:
-                    v_clipped = mb.values + (value - mb.values).clamp(-cfg.clip_coef, cfg.clip_coef)
-                    v_loss = 0.5 * torch.max((value - mb.returns) ** 2, (v_clipped - mb.returns) ** 2).mean()
-                else:
-                    v_loss = 0.5 * ((value - mb.returns) ** 2).mean()
-                entropy = dist.entropy().mean()
-                loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+                terms = ppo_loss(dist, value, mb, cfg)
                 self.flat.zero_grad()
-                loss.backward()
+                terms.loss.backward()
                 self.flat.clip_grad_norm_(cfg.max_grad_norm)
                 self.optimizer.step()
-                for key, val in zip(
-                    stats, (pg_loss, v_loss, entropy, approx_kl, clip_fraction, loss), strict=True
-                ):
+                for key, val in zip(stats, terms.values(), strict=True):
                     stats[key].append(float(val.detach()))
-                if cfg.target_kl is not None and approx_kl > cfg.target_kl:
+                if cfg.target_kl is not None and terms.kl > cfg.target_kl:
                     stop = True
                     break
             if stop:
                 break
-        values, returns = batch.values.flatten(), batch.returns.flatten()
-        var_returns = returns.var()
-        explained = float("nan") if var_returns == 0 else float(1 - (returns - values).var() / var_returns)
+        explained = explained_variance(batch.values, batch.returns)
         mean = {k: float(np.mean(v)) for k, v in stats.items()}
         out = {
             "train/policy_gradient_loss": mean["pg"],

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Backbone, State, compiled_step, run_dropout, run_layer_norm, run_linear
-from .kernels.scan import acc, check_backend, gated_scan_tm, resolve_backend
+from .kernels.scan import acc, gated_scan_tm
+from .kernels.scan_backends import check_backend, resolve_backend
 
 
 class MinRNNLayer(nn.Module):

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -39,7 +38,7 @@ from numba import njit
 from torch import Tensor
 
 from .numba_math import JIT, exp2, silu, silu_grad, softplus, softplus_grad
-from .numba_rows import row_chunks, run_parallel
+from .numba_rows import row_calls, row_chunks, run_parallel
 
 # Steps between the states the forward keeps for the backward. The backward's per-chunk buffers,
 # 2 * CHUNK * N * E values (256 KiB at N=16, E=256), stay in the L2 cache.
@@ -54,6 +53,25 @@ def _step_inputs(
     for e in range(x.shape[2]):
         v = delta[b, t, e] + bias[e]
         dl[e] = softplus(v) if fuse_softplus else v
+
+
+@njit(**JIT, inline="always")  # numba-level inlining: a call per state row would stop LLVM vectorizing
+def _advance_state(
+    a2_n: np.ndarray,
+    dl: np.ndarray,
+    dbx: np.ndarray,
+    bn: float,
+    prev_n: np.ndarray,
+    h_n: np.ndarray,
+    decay_n: np.ndarray,
+) -> None:
+    """One step of state row n over E (the forward's and the backward's recompute's one recurrence):
+    decay_n = exp(delta_t A[:, n]) = 2^(delta_t a2_n), h_n = decay_n * prev_n + delta_t x_t B_t[n].
+    dbx = delta_t * x_t [E]; prev_n may be h_n itself (the update is elementwise)."""
+    for e in range(dl.shape[0]):
+        a = exp2(dl[e] * a2_n[e])
+        decay_n[e] = a
+        h_n[e] = a * prev_n[e] + dbx[e] * bn
 
 
 # --------------------------------------------------------------------------- forward
@@ -87,6 +105,7 @@ def scan_forward(
     dl = np.empty(inner, dtype=x.dtype)  # delta_t
     dbx = np.empty(inner, dtype=x.dtype)  # delta_t * x_t
     acc = np.empty(inner, dtype=x.dtype)  # y_t before the gate
+    decay = np.empty(inner, dtype=x.dtype)  # exp(delta_t A) of one state row (not kept here)
     for b in range(batch):
         h[:, :] = h0[b]
         for t in range(length):
@@ -99,11 +118,10 @@ def scan_forward(
                 dbx[e] = dl[e] * x[b, t, e]
                 acc[e] = d[e] * x[b, t, e]
             for n in range(n_state):
-                bn, cn = b_in[b, t, n], c_in[b, t, n]
+                _advance_state(a2[n], dl, dbx, b_in[b, t, n], h[n], h[n], decay)
+                cn = c_in[b, t, n]
                 for e in range(inner):
-                    hv = exp2(dl[e] * a2[n, e]) * h[n, e] + dbx[e] * bn
-                    h[n, e] = hv
-                    acc[e] += cn * hv
+                    acc[e] += cn * h[n, e]
             for e in range(inner):
                 y[b, t, e] = acc[e] * silu(z[b, t, e]) if gate else acc[e]
         h_last[b] = h
@@ -125,23 +143,22 @@ def _recompute_chunk(
     h_init: np.ndarray,
     zeros: np.ndarray,
     dl: np.ndarray,
+    dbx: np.ndarray,
     hs: np.ndarray,
     decay: np.ndarray,
 ) -> None:
     """The states hs[i] = h_{t0+i} and decays decay[i] = exp(delta A) of steps t0..t1-1 of row b,
-    from h_init = the state before t0 (as the forward kept it)."""
+    from h_init = the state before t0 (as the forward kept it). dl, dbx: scratch [E]."""
     inner = x.shape[2]
     n_state = a2.shape[0]
     for t in range(t0, t1):
         i = t - t0
         prev = zeros if starts[b, t] else (h_init if i == 0 else hs[i - 1])
         _step_inputs(b, t, x, delta, bias, fuse_softplus, dl)
+        for e in range(inner):
+            dbx[e] = dl[e] * x[b, t, e]
         for n in range(n_state):
-            bn = b_in[b, t, n]
-            for e in range(inner):
-                a = exp2(dl[e] * a2[n, e])
-                decay[i, n, e] = a
-                hs[i, n, e] = a * prev[n, e] + dl[e] * x[b, t, e] * bn
+            _advance_state(a2[n], dl, dbx, b_in[b, t, n], prev[n], hs[i, n], decay[i, n])
 
 
 @njit(**JIT)
@@ -192,7 +209,7 @@ def scan_backward(
             t1 = min(length, t0 + CHUNK)
             h_init = ckpt[b, chunk]
             _recompute_chunk(
-                b, t0, t1, x, delta, bias, fuse_softplus, a2, b_in, starts, h_init, zeros, dl, hs, decay
+                b, t0, t1, x, delta, bias, fuse_softplus, a2, b_in, starts, h_init, zeros, dl, dbx, hs, decay
             )
             for t in range(t1 - 1, t0 - 1, -1):
                 i = t - t0
@@ -265,7 +282,7 @@ class NumbaSelectiveScan(torch.autograd.Function):
         shared = (k["a2"], k["d"], k["bias"], delta_bias is not None, z is not None)
         per_row = [k["x"], k["delta"], k["z"], k["b"], k["c"], h_last, k["starts"], y, h_last, ckpt]
         run_parallel(
-            _row_calls(scan_forward, shared, per_row, (), row_chunks(batch, length * inner * n_state))
+            row_calls(scan_forward, shared, per_row, (), row_chunks(batch, length * inner * n_state))
         )
         # The inputs themselves, not detached copies: a double backward differentiates through them.
         ctx.save_for_backward(x, delta, a, b, c, d, h0, z, delta_bias, starts, ckpt)
@@ -292,7 +309,7 @@ class NumbaSelectiveScan(torch.autograd.Function):
         da_t, dd, dbias = (k[name].new_zeros((len(chunks), *k[name].shape)) for name in ("a_t", "d", "d"))
         shared = (k["a_t"], k["a2"], k["d"], k["bias"], delta_bias is not None, z is not None)
         inputs = [k["x"], k["delta"], k["z"], k["b"], k["c"], k["starts"], ckpt, dout.contiguous()]
-        calls = _row_calls(
+        calls = row_calls(
             scan_backward, shared, [*inputs, dx, ddelta, dz, db, dc, carry], [da_t, dd, dbias], chunks
         )
         run_parallel(calls)
@@ -320,20 +337,6 @@ def _kernel_layout(
     parts["z"] = x if z is None else z
     parts["bias"] = d.new_zeros(d.shape) if delta_bias is None else delta_bias
     return {name: t.detach().contiguous() for name, t in parts.items()}
-
-
-def _row_calls(
-    kernel: Callable[..., None], shared: tuple, per_row: list, sums: list, chunks: list[slice]
-) -> list[Callable[[], None]]:
-    """One call of the kernel per row range: the shared arguments, the per-row tensors sliced to the range,
-    then the range's own slot of every partial sum."""
-    as_numpy = [t.numpy() if isinstance(t, Tensor) else t for t in shared]
-    rows = [t.numpy() for t in per_row]
-    slots = [t.numpy() for t in sums]
-    return [
-        partial(kernel, *as_numpy, *(t[r] for t in rows), *(t[i] for t in slots))
-        for i, r in enumerate(chunks)
-    ]
 
 
 def reference_backward(

@@ -12,7 +12,6 @@ the pre-activation instead of storing it.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,7 @@ from torch import Tensor
 
 from .numba_mamba import reference_backward
 from .numba_math import JIT, silu, silu_grad
-from .numba_rows import row_chunks, run_parallel
+from .numba_rows import row_calls, row_chunks, run_parallel
 
 
 @njit(**JIT)
@@ -120,10 +119,8 @@ class NumbaConvSilu(torch.autograd.Function):
     def forward(ctx: Any, xc: Tensor, state: Tensor, weight: Tensor, bias: Tensor, starts: Tensor) -> Tensor:
         xck, statek, w_t, biask, startsk = _kernel_layout(xc, state, weight, bias, starts)
         out = torch.empty(xc.shape, dtype=xc.dtype)
-        per_row = [t.numpy() for t in (xck, statek, startsk, out)]
-        shared = (w_t.numpy(), biask.numpy())
         chunks = row_chunks(xc.shape[0], xc.shape[1] * xc.shape[2] * w_t.shape[0])
-        run_parallel([partial(conv_forward, *shared, *(t[r] for t in per_row)) for r in chunks])
+        run_parallel(row_calls(conv_forward, (w_t, biask), [xck, statek, startsk, out], [], chunks))
         ctx.save_for_backward(xc, state, weight, bias, starts)  # not detached: see reference_backward
         return out
 
@@ -140,14 +137,8 @@ class NumbaConvSilu(torch.autograd.Function):
         dxc, dstate = torch.zeros_like(xck), torch.zeros_like(statek)
         # Summed over rows: one partial sum per row range, added up after.
         dw_t, dbias = w_t.new_zeros((len(chunks), *w_t.shape)), biask.new_zeros((len(chunks), *biask.shape))
-        per_row = [t.numpy() for t in (xck, statek, startsk, dout.contiguous(), dxc, dstate)]
-        shared, sums = (w_t.numpy(), biask.numpy()), (dw_t.numpy(), dbias.numpy())
-        run_parallel(
-            [
-                partial(conv_backward, *shared, *(t[r] for t in per_row), *(t[i] for t in sums))
-                for i, r in enumerate(chunks)
-            ]
-        )
+        per_row = [xck, statek, startsk, dout.contiguous(), dxc, dstate]
+        run_parallel(row_calls(conv_backward, (w_t, biask), per_row, [dw_t, dbias], chunks))
         return dxc, dstate, dw_t.sum(0).t(), dbias.sum(0), None
 
 

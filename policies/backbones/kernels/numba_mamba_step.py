@@ -164,34 +164,23 @@ class MambaStepWeights(ParamTable):
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
-        index = self.index
-        self.top = np.array(
-            [index(backbone.input_proj, "weight"), index(backbone.input_proj, "bias"),
-             index(backbone.norm_f, "weight")],
-            dtype=np.int64,
-        )  # fmt: skip
-        self.layers = np.full((len(backbone.layers), SLOTS), -1, dtype=np.int64)
-        for i, block in enumerate(backbone.layers):
+        layers = []
+        for block in backbone.layers:
             m = block.mixer
-            self.layers[i] = [
-                index(block.norm, "weight"), index(m.in_proj, "weight"), index(m.in_proj, "bias"),
-                index(m.conv1d, "weight"), index(m.conv1d, "bias"), index(m.x_proj, "weight"),
-                index(m.dt_proj, "weight"), index(m.dt_proj, "bias"), index(m, "A_log"), index(m, "D"),
-                index(m.out_proj, "weight"), index(m.out_proj, "bias"),
-            ]  # fmt: skip
+            layers.append(
+                [(block.norm, "weight"), (m.in_proj, "weight"), (m.in_proj, "bias"), (m.conv1d, "weight"),
+                 (m.conv1d, "bias"), (m.x_proj, "weight"), (m.dt_proj, "weight"), (m.dt_proj, "bias"),
+                 (m, "A_log"), (m, "D"), (m.out_proj, "weight"), (m.out_proj, "bias")]
+            )  # fmt: skip
+        top = [(backbone.input_proj, "weight"), (backbone.input_proj, "bias"), (backbone.norm_f, "weight")]
         config = backbone.config
         dims = [backbone.hidden_dim, backbone.d_inner, backbone.d_state, config.dt_rank]
-        self.dims = np.array(dims, dtype=np.int64)
-        self.eps = float(config.rms_norm_eps)
-        self.seal()
+        self.pack(top, layers, SLOTS, dims, config.rms_norm_eps)
 
     def step(self, x: Tensor, conv: Tensor, ssm: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One compiled tick. x [B, input_dim], conv [B, L, E, K-1], ssm [B, L, E, N], all fp32 CPU and
         already reset where episodes start -> (y [B, hidden_dim], conv_new, ssm_new)."""
         conv, ssm = conv.detach().contiguous(), ssm.detach().contiguous()
         conv_new, ssm_new = torch.empty_like(conv), torch.empty_like(ssm)
-        y = _tick(
-            self.addresses, self.layers, self.top, self.dims, self.eps, x.detach().contiguous().numpy(),
-            conv.numpy(), ssm.numpy(), conv_new.numpy(), ssm_new.numpy(),
-        )  # fmt: skip
-        return torch.from_numpy(y), conv_new, ssm_new
+        y = self.run(_tick, x, conv.numpy(), ssm.numpy(), conv_new.numpy(), ssm_new.numpy())
+        return y, conv_new, ssm_new

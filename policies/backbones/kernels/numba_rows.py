@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import torch
+from torch import Tensor
 
 # Below this much work (rows x values per row) a thread hand-off (~50 us) costs more than it saves.
 MIN_PARALLEL_WORK = 1 << 20
@@ -28,6 +30,21 @@ def row_chunks(batch: int, work_per_row: int) -> list[slice]:
         chunks = 1
     bounds = [batch * i // chunks for i in range(chunks + 1)]
     return [slice(bounds[i], bounds[i + 1]) for i in range(chunks)]
+
+
+def row_calls(
+    kernel: Callable[..., None], shared: tuple, per_row: list[Tensor], sums: list[Tensor], chunks: list[slice]
+) -> list[Callable[[], None]]:
+    """One call of the kernel per row range (for `run_parallel`): the shared arguments (tensors as numpy
+    views), the per-row tensors sliced to the range, then the range's own slot of every partial sum
+    (`sums` hold one slot per range along their first dim, added up by the caller)."""
+    as_numpy = [t.numpy() if isinstance(t, Tensor) else t for t in shared]
+    rows = [t.numpy() for t in per_row]
+    slots = [t.numpy() for t in sums]
+    return [
+        partial(kernel, *as_numpy, *(t[r] for t in rows), *(t[i] for t in slots))
+        for i, r in enumerate(chunks)
+    ]
 
 
 def run_parallel(calls: list[Callable[[], None]]) -> None:

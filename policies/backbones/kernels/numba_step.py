@@ -22,6 +22,7 @@ architecture, so it compiles once (~5 s, then cached on disk), not once per numb
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -42,6 +43,8 @@ SLOTS = 11
 # Around the blocks: input projection and final LayerNorm.
 IN_W, IN_B, NORM_W, NORM_B = range(4)
 GRU, LSTM = 0, 1
+
+Entry = tuple[nn.Module | None, str]  # (module, parameter name): one parameter a kernel reads
 
 
 @intrinsic
@@ -219,6 +222,27 @@ class ParamTable:
         self.storage = self._storage()
         self.addresses = np.array(self.storage, dtype=np.int64)
 
+    def pack(
+        self, top: list[Entry], layers: list[list[Entry]], slots: int, dims: list[int], eps: float
+    ) -> None:
+        """What a backbone kernel reads, for a kernel called as `kernel(addresses, layers, top, dims, eps,
+        x, *state)` (see `run`): `top` (the parameters around the blocks) and each block's row of `slots`
+        entries become indices into the address table (-1: absent); then the addresses are recorded."""
+        self.top = np.array([self.index(module, name) for module, name in top], dtype=np.int64)
+        self.layers = np.full((len(layers), slots), -1, dtype=np.int64)
+        for i, row in enumerate(layers):
+            self.layers[i] = [self.index(module, name) for module, name in row]
+        self.dims = np.array(dims, dtype=np.int64)
+        self.eps = float(eps)
+        self.seal()
+
+    def run(self, kernel: Callable[..., np.ndarray], x: Tensor, *state: np.ndarray) -> Tensor:
+        """One compiled tick of a packed backbone: x [B, input_dim] fp32 CPU -> y [B, hidden_dim]."""
+        x_np = x.detach().contiguous().numpy()
+        return torch.from_numpy(
+            kernel(self.addresses, self.layers, self.top, self.dims, self.eps, x_np, *state)
+        )
+
     def _storage(self) -> tuple[int, ...]:
         return tuple(p.data_ptr() for p in self.params)
 
@@ -234,45 +258,29 @@ class StepWeights(ParamTable):
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         blocks = list(backbone.blocks)
-        index = self.index
-        self.top = np.array(
-            [index(backbone.input_proj, "weight"), index(backbone.input_proj, "bias"),
-             index(backbone.norm, "weight"), index(backbone.norm, "bias")],
-            dtype=np.int64,
-        )  # fmt: skip
-        self.layers = np.full((len(blocks), SLOTS), -1, dtype=np.int64)
-        for i, block in enumerate(blocks):
+        layers = []
+        for block in blocks:
             up, down = (None, None) if block.mlp is None else (block.mlp[0], block.mlp[2])
             out = block.out if isinstance(block.out, nn.Linear) else None
-            self.layers[i] = [
-                index(block.norm1, "weight"), index(block.norm1, "bias"),
-                index(block.cell.proj, "weight"), index(block.cell.proj, "bias"),
-                index(out, "weight"),
-                index(block.norm2, "weight"), index(block.norm2, "bias"),
-                index(up, "weight"), index(up, "bias"), index(down, "weight"), index(down, "bias"),
-            ]  # fmt: skip
+            layers.append(
+                [(block.norm1, "weight"), (block.norm1, "bias"), (block.cell.proj, "weight"),
+                 (block.cell.proj, "bias"), (out, "weight"), (block.norm2, "weight"), (block.norm2, "bias"),
+                 (up, "weight"), (up, "bias"), (down, "weight"), (down, "bias")]
+            )  # fmt: skip
+        top = [(backbone.input_proj, "weight"), (backbone.input_proj, "bias"),
+               (backbone.norm, "weight"), (backbone.norm, "bias")]  # fmt: skip
         mlp = blocks[0].mlp
-        self.dims = np.array(
-            [backbone.hidden_dim, backbone.inner_dim, 0 if mlp is None else mlp[0].out_features,
-             LSTM if backbone.name == "minlstm" else GRU,
-             int(mlp is not None and mlp[1].approximate == "tanh")],
-            dtype=np.int64,
-        )  # fmt: skip
-        self.eps = float(backbone.norm.eps)
-        self.seal()
+        dims = [
+            backbone.hidden_dim,
+            backbone.inner_dim,
+            0 if mlp is None else mlp[0].out_features,
+            LSTM if backbone.name == "minlstm" else GRU,
+            int(mlp is not None and mlp[1].approximate == "tanh"),
+        ]
+        self.pack(top, layers, SLOTS, dims, backbone.norm.eps)
 
     def step(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """One compiled tick. x [B, input_dim] fp32 CPU, h [B, L, I] fp32, already reset where episodes
         start -> (y [B, hidden_dim], h_new [B, L, I])."""
         h_new = torch.empty_like(h, memory_format=torch.contiguous_format)
-        y = _tick(
-            self.addresses,
-            self.layers,
-            self.top,
-            self.dims,
-            self.eps,
-            x.detach().contiguous().numpy(),
-            h.detach().contiguous().numpy(),
-            h_new.numpy(),
-        )
-        return torch.from_numpy(y), h_new
+        return self.run(_tick, x, h.detach().contiguous().numpy(), h_new.numpy()), h_new

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from mambapy.pscan import pscan
 from torch import Tensor
 
-from .scan import numba_available
+from .scan_backends import numba_available
 
 BACKENDS = ("auto", "numba", "mambapy")
 
@@ -128,6 +128,16 @@ def conv_silu_torch(xc: Tensor, carried: Tensor, weight: Tensor, bias: Tensor, s
     return F.silu(conv)
 
 
+def step_size(delta: Tensor, delta_bias: Tensor | None) -> Tensor:
+    """mamba_ssm's delta_bias option: delta := softplus(delta + delta_bias) when a bias is given."""
+    return delta if delta_bias is None else F.softplus(delta + delta_bias)
+
+
+def gated(y: Tensor, z: Tensor | None) -> Tensor:
+    """mamba_ssm's z option: y := y * silu(z) when a gate is given."""
+    return y if z is None else y * F.silu(z)
+
+
 def selective_scan_mambapy(
     x: Tensor,
     delta: Tensor,
@@ -141,7 +151,7 @@ def selective_scan_mambapy(
     starts: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """The reference, on mambapy's `pscan`: same arguments as `selective_scan` (one float dtype)."""
-    delta = delta if delta_bias is None else F.softplus(delta + delta_bias)
+    delta = step_size(delta, delta_bias)
     # exp(delta A), exactly 0 at an episode start (exp(-inf)); in place, as these are the biggest
     # tensors here ([B, T, E, N]) and neither product is saved for backward.
     log_a = (delta.unsqueeze(-1) * a).masked_fill_(starts[..., None, None], float("-inf"))
@@ -150,7 +160,7 @@ def selective_scan_mambapy(
     d_bx[:, 0] += d_a[:, 0] * h0  # the carried state enters at t=0
     hs = pscan(d_a, d_bx)  # [B, T, E, N]
     y = (hs @ c.unsqueeze(-1)).squeeze(-1) + d * x  # [B, T, E]
-    return (y if z is None else y * F.silu(z)), hs[:, -1]
+    return gated(y, z), hs[:, -1]
 
 
 def selective_scan_loop(
@@ -167,7 +177,7 @@ def selective_scan_loop(
 ) -> tuple[Tensor, Tensor]:
     """The recurrence step by step in plain torch ops (differentiable any number of times, forward-mode
     AD too): same arguments as `selective_scan`. O(T) small ops: for the cases the kernel cannot do."""
-    delta = delta if delta_bias is None else F.softplus(delta + delta_bias)
+    delta = step_size(delta, delta_bias)
     keep = (~starts).to(x.dtype)[..., None, None]  # [B, T, 1, 1]: 0 at an episode start
     h, ys = h0, []
     for t in range(x.shape[1]):
@@ -175,7 +185,7 @@ def selective_scan_loop(
         h = d_a * (h * keep[:, t]) + (delta[:, t] * x[:, t])[..., None] * b[:, t, None, :]
         ys.append((h * c[:, t, None, :]).sum(-1) + d * x[:, t])  # [B, E]
     y = torch.stack(ys, dim=1)
-    return (y if z is None else y * F.silu(z)), h
+    return gated(y, z), h
 
 
 def _check_shapes(

@@ -6,7 +6,8 @@ AdamW with weight decay 1e-4 and gradient clipping 0.25. A step is what each lib
 loop does per optimizer step: ours `DecisionTrainer.train_step()` (sample + forward + backward + AdamW),
 d3rlpy's `sample_trajectory_batch` + `update` (the body of its `fit`).
 
-d3rlpy is not a dependency (it pins gymnasium 1.0): install it for this benchmark only, e.g.
+`recurrl bench decision d3rlpy` runs it. d3rlpy is not a dependency (it pins gymnasium 1.0): install it
+for this benchmark only, e.g.
     pip install --no-deps d3rlpy==2.8.1 gym structlog colorama dataclasses-json marshmallow \
         typing-inspect mypy-extensions gym-notices cloudpickle scikit-learn click
 """
@@ -14,27 +15,33 @@ d3rlpy is not a dependency (it pins gymnasium 1.0): install it for this benchmar
 from __future__ import annotations
 
 import shutil
-import statistics
 import tempfile
-import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from .config import DecisionConfig
+from recurrl.agents.decision.config import DecisionConfig
+
+from .timing import interleaved_rounds, median_ratio, medians, rate_per_s
 
 DT_WIDTH, DT_LAYERS, DT_BATCH, DT_K, DT_DROPOUT = 128, 3, 64, 20, 0.1
 
 
 def our_trainer(dataset: Any, runs_dir: str, dropout: float = DT_DROPOUT):
-    from .trainer import DecisionTrainer
+    from recurrl.agents.decision.trainer import DecisionTrainer
 
     config = DecisionConfig(dataset=dataset.name, context_length=DT_K, batch_size=DT_BATCH, lr=1e-4)
     config.runs_dir, config.run_name, config.eval.every, config.num_threads = runs_dir, "ours", 0, 1
     config.eval.target_returns = [3600.0]
     m = config.model
-    m.backbone, m.hidden_dim, m.num_layers, m.tokens, m.dropout = "transformer", DT_WIDTH, DT_LAYERS, "triple", dropout
+    m.backbone, m.hidden_dim, m.num_layers, m.tokens, m.dropout = (
+        "transformer",
+        DT_WIDTH,
+        DT_LAYERS,
+        "triple",
+        dropout,
+    )
     m.backbone_options = {"dropout": dropout, "n_heads": 1}
     return DecisionTrainer(config, dataset, show_progress=False)
 
@@ -73,7 +80,7 @@ def d3rlpy_algo(dataset: Any, dropout: float = DT_DROPOUT):
 
 
 def bench_vs_d3rlpy(dataset_id: str, steps: int, rounds: int, dropout: float = DT_DROPOUT) -> dict[str, Any]:
-    from .trainer import load_training_dataset
+    from recurrl.agents.decision.trainer import load_training_dataset
 
     torch.set_num_threads(1)
     dataset = load_training_dataset(dataset_id)
@@ -82,45 +89,32 @@ def bench_vs_d3rlpy(dataset_id: str, steps: int, rounds: int, dropout: float = D
         ours = our_trainer(dataset, runs_dir, dropout)
         algo, replay = d3rlpy_algo(dataset, dropout)
 
-        def ours_round() -> None:
-            for _ in range(steps):
-                ours.train_step()
+        def theirs_step() -> None:
+            algo.update(replay.sample_trajectory_batch(DT_BATCH, length=DT_K))
 
-        def theirs_round() -> None:
-            for _ in range(steps):
-                algo.update(replay.sample_trajectory_batch(DT_BATCH, length=DT_K))
-
-        sides = {"recurrl": ours_round, "d3rlpy": theirs_round}
-        for run in sides.values():  # warm-up
-            run()
-        speeds: dict[str, list[float]] = {name: [] for name in sides}
-        for _ in range(rounds):
-            for name, run in sides.items():
-                start = time.perf_counter()
-                run()
-                speeds[name].append(steps / (time.perf_counter() - start))
-        ratios = [a / b for a, b in zip(speeds["recurrl"], speeds["d3rlpy"], strict=True)]
+        sides = {"recurrl": ours.train_step, "d3rlpy": theirs_step}
+        speeds = interleaved_rounds(
+            {name: lambda s=step: rate_per_s(s, steps) for name, step in sides.items()}, rounds
+        )
         return {
-            "setup": {"width": DT_WIDTH, "layers": DT_LAYERS, "batch": DT_BATCH, "K": DT_K, "dropout": dropout,
-                      "tokens": "triple", "threads": 1, "steps_per_round": steps, "rounds": rounds},  # fmt: skip
-            "parameters": {"recurrl": ours.model.num_parameters(),
-                           "d3rlpy": sum(p.numel() for p in algo.impl.modules.transformer.parameters())},  # fmt: skip
-            "steps_per_sec_median": {name: statistics.median(v) for name, v in speeds.items()},
+            "setup": {
+                "width": DT_WIDTH,
+                "layers": DT_LAYERS,
+                "batch": DT_BATCH,
+                "K": DT_K,
+                "dropout": dropout,
+                "tokens": "triple",
+                "threads": 1,
+                "steps_per_round": steps,
+                "rounds": rounds,
+            },  # fmt: skip
+            "parameters": {
+                "recurrl": ours.model.num_parameters(),
+                "d3rlpy": sum(p.numel() for p in algo.impl.modules.transformer.parameters()),
+            },  # fmt: skip
+            "steps_per_sec_median": medians(speeds),
             "rounds": speeds,
-            "recurrl_over_d3rlpy_median_ratio": statistics.median(ratios),
+            "recurrl_over_d3rlpy_median_ratio": median_ratio(speeds["recurrl"], speeds["d3rlpy"]),
         }
     finally:
         shutil.rmtree(runs_dir, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--dataset", default="recurrl/hopper/medium-v0")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--dropout", type=float, default=DT_DROPOUT)
-    args = parser.parse_args()
-    print(json.dumps(bench_vs_d3rlpy(args.dataset, args.steps, args.rounds, args.dropout), indent=2))

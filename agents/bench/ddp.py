@@ -1,6 +1,6 @@
 """Training throughput of `torchrun --nproc_per_node N` against one process, side by side.
 
-    recurrl bench-decision ddp --nproc 2 --steps 200 --rounds 3 --threads 1
+    recurrl bench decision ddp --nproc 2 --steps 200 --rounds 3 --threads 1
 
 Each round runs the same short `recurrl train` once as one process and once under torchrun (gloo on
 the CPU, NCCL on a GPU), alternating, and reads the training speed rank 0 wrote in results.json
@@ -17,12 +17,13 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from .timing import interleaved_rounds, median_ratio, medians
 
 
 def train_command(args: argparse.Namespace, nproc: int, runs_dir: Path, name: str) -> list[str]:
@@ -51,27 +52,40 @@ def train_command(args: argparse.Namespace, nproc: int, runs_dir: Path, name: st
     return [*launcher, "-m", "recurrl", "train", *options, *overrides]
 
 
-def bench_ddp(args: argparse.Namespace) -> dict[str, Any]:
-    speeds: dict[int, list[float]] = {1: [], args.nproc: []}
-    cpu: dict[int, list[float]] = {1: [], args.nproc: []}
+def run_once(
+    args: argparse.Namespace, nproc: int, runs_dir: Path, name: str
+) -> tuple[float, float, list[str]]:
+    """One `recurrl train` run -> (its training steps/s from results.json, CPU seconds of all its
+    processes, the command)."""
+    command = train_command(args, nproc, runs_dir, name)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or 1)}
-    commands = {}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # torchrun waited for its workers
+    cpu_s = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    results = json.loads((runs_dir / name / "results.json").read_text())
+    speed = results["train_steps_per_s"]
+    print(f"{name}: {nproc} process(es): {speed:.1f} steps/s", file=sys.stderr)
+    return speed, cpu_s, command
+
+
+def bench_ddp(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="recurrl-ddp-bench-") as tmp:
-        for round_index in range(args.rounds):
-            for nproc in speeds:
-                name = f"round{round_index}-n{nproc}"
-                command = train_command(args, nproc, Path(tmp), name)
-                commands[nproc] = command
-                before = resource.getrusage(resource.RUSAGE_CHILDREN)
-                done = subprocess.run(command, env=env, capture_output=True, text=True)
-                after = resource.getrusage(resource.RUSAGE_CHILDREN)  # torchrun waited for its workers
-                cpu[nproc].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-                if done.returncode != 0:
-                    raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-                results = json.loads((Path(tmp) / name / "results.json").read_text())
-                speeds[nproc].append(results["train_steps_per_s"])
-                print(f"round {round_index}: {nproc} process(es): {speeds[nproc][-1]:.1f} steps/s", file=sys.stderr)
-    ratios = [b / a for a, b in zip(speeds[1], speeds[args.nproc], strict=True)]
+        runs = {1: 0, args.nproc: 0}  # runs so far per process count: each run gets its own folder
+
+        def case(nproc: int):
+            def run() -> tuple[float, float, list[str]]:
+                runs[nproc] += 1
+                return run_once(args, nproc, Path(tmp), f"round{runs[nproc] - 1}-n{nproc}")
+
+            return run
+
+        measured = interleaved_rounds({nproc: case(nproc) for nproc in runs}, args.rounds, warmup=0)
+    speeds = {n: [speed for speed, _, _ in values] for n, values in measured.items()}
+    cpu = {n: [cpu_s for _, cpu_s, _ in values] for n, values in measured.items()}
+    commands = {n: values[-1][2] for n, values in measured.items()}
     return {
         "setup": {
             "backbone": args.backbones[0],
@@ -88,8 +102,8 @@ def bench_ddp(args: argparse.Namespace) -> dict[str, Any]:
         },
         "commands": {str(n): " ".join(c) for n, c in commands.items()},
         "steps_per_sec": {str(n): v for n, v in speeds.items()},
-        "steps_per_sec_median": {str(n): statistics.median(v) for n, v in speeds.items()},
+        "steps_per_sec_median": {str(n): v for n, v in medians(speeds).items()},
         "cpu_s_per_run": {str(n): v for n, v in cpu.items()},
-        "speedup_median_ratio": statistics.median(ratios),
-        "speedup_ratios": ratios,
+        "speedup_median_ratio": median_ratio(speeds[args.nproc], speeds[1]),
+        "speedup_ratios": [b / a for a, b in zip(speeds[1], speeds[args.nproc], strict=True)],
     }
