@@ -127,6 +127,10 @@ def run(args: argparse.Namespace) -> int:
             other.append(result)
             how = "deterministic" if result["deterministic"] else "stochastic"
             print(f"{path} [ppo, {result['env_id']}, {result['backbone']}, {how}] {format_summary(result)}")
+    if any(s["normalized_score_mean"] is None for r in decision for ss in r["modes"].values() for s in ss):
+        from recurrl.scripts.train import RAW_RETURNS_NOTE
+
+        print(RAW_RETURNS_NOTE)
     summary: dict[str, Any] = {"checkpoints": decision + other}
     if len(decision) > 1:
         summary["aggregate"] = aggregate_checkpoints(decision)
