@@ -195,3 +195,20 @@ def test_reference_scores_from_the_command_line(tmp_path: Path) -> None:
     dataset = load_dataset(str(tmp_path / "minari" / "recurrl" / "pendulum" / "random-v0"))
     assert (dataset.ref_min_score, dataset.ref_max_score) == (-1500.0, -150.0)
     assert EnvSpec.from_dataset(dataset).normalized(np.array([-150.0, -825.0])).tolist() == [100.0, 50.0]
+
+
+def test_without_reference_scores_train_and_evaluate_say_returns_are_raw(tmp_path: Path, capsys) -> None:
+    from recurrl.scripts.train import RAW_RETURNS_NOTE
+
+    assert _collect(tmp_path, "--env", "Pendulum-v1", "--policy", "random", "--episodes", "2") == 0
+    dataset = str(tmp_path / "minari" / "recurrl" / "pendulum" / "random-v0")
+    small = ["model.hidden_dim=8", "model.num_layers=1", "batch_size=4", "eval.every=0", "eval.episodes=1"]
+    train = ["train", "--dataset", dataset, "--runs-dir", str(tmp_path), "--run-name", "raw", "--steps", "2"]
+    assert main([*train, "--no-progress", *small, "eval.num_envs=1"]) == 0
+    out = capsys.readouterr().out
+    assert RAW_RETURNS_NOTE in out and "normalized score (" not in out.replace(RAW_RETURNS_NOTE, "")
+    assert main(["evaluate", str(tmp_path / "raw"), "--episodes", "1", "--num-envs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        RAW_RETURNS_NOTE in out and "return " in out and "normalized" not in out.replace(RAW_RETURNS_NOTE, "")
+    )
