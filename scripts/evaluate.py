@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--stochastic is for PPO checkpoints: a Decision agent's actions are deterministic")
     modes = ("stateful", "window") if args.mode == "both" else (args.mode,)
     if args.video:
-        record_videos(args, paths, modes[0])
+        film(args, paths, modes[0])
     decision, other = [], []
     for path, kind in zip(paths, kinds, strict=True):
         if kind == "decision":
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def record_videos(args: argparse.Namespace, paths: list[Path], mode: str) -> None:
+def film(args: argparse.Namespace, paths: list[Path], mode: str) -> None:
     """--video: film each checkpoint before evaluating it (a rendering problem then costs no evaluation)."""
     from recurrl.agents.video import VideoRequest, headless_gl, record_checkpoint_videos
 

@@ -11,6 +11,12 @@ import pytest
 from recurrl.scripts.cli import main
 
 
+@pytest.fixture(autouse=True)
+def gl_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--video sets MUJOCO_GL=egl for its process (here: pytest's); undone after each test."""
+    monkeypatch.delenv("MUJOCO_GL", raising=False)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("runs")
