@@ -6,9 +6,9 @@ that actor and hands each tick's frame to an imageio writer (MP4 through imageio
 Pillow), one file per episode, streamed so a long episode is not held in memory. A file is written
 under a temporary name and renamed when complete, so a failure leaves no partial video behind.
 
-MuJoCo renders offscreen through the backend named by MUJOCO_GL, read when mujoco is first imported:
-`headless_gl()` picks EGL when nothing is chosen and there is no display (measured on this project's
-CPU machine: egl renders, osmesa is not installed, the default glfw needs a display).
+MuJoCo renders offscreen through the backend named by MUJOCO_GL, which gymnasium reads when an env makes
+its renderer: `headless_gl()` picks EGL when nothing is chosen and there is no display (measured on this
+project's CPU machine: egl renders, osmesa is not installed, the default glfw needs a display).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class VideoRequest:
 
 
 def headless_gl() -> None:
-    """Choose EGL for MuJoCo when no backend is chosen and there is no display (before mujoco loads)."""
+    """Choose EGL for MuJoCo when no backend is chosen and there is no display (before any env renders)."""
     if not os.environ.get("MUJOCO_GL") and not os.environ.get("DISPLAY"):
         os.environ["MUJOCO_GL"] = "egl"
 
