@@ -34,7 +34,6 @@ import numpy as np
 from recurrl.envs.zoo_files import UnsafePickle, read_policy_weights, read_vecnormalize_stats, read_zoo_config
 
 ALGOS = ("tqc", "sac", "ppo", "trpo", "a2c", "ars")
-ZOO_ENV_NAMES = {"Hopper-v5": "Hopper", "HalfCheetah-v5": "HalfCheetah", "Walker2d-v5": "Walker2d"}
 # The policy class each algorithm's zoo agents use, by the config.yml's `policy` name.
 POLICY_CLASSES = {
     ("tqc", "MlpPolicy"): "sb3_contrib.tqc.policies:TQCPolicy",
@@ -54,6 +53,30 @@ def behavior_policies_dir() -> Path:
     if override:
         return Path(override)
     return Path(__file__).resolve().parent.parent.parent / "shared" / "behavior-policies"
+
+
+def zoo_env_names(env_id: str) -> list[str]:
+    """The folder names an env's zoo agents may sit under: the id without its version ('Hopper-v5' ->
+    'Hopper', as in ../shared/behavior-policies, trained on v3 and used on v5), then the full id
+    ('CartPole-v1', the RL Zoo's own spelling)."""
+    _, name, _ = gym.envs.registration.parse_env_id(env_id)
+    return list(dict.fromkeys([name, env_id.replace("/", "-")]))
+
+
+def zoo_agent_folder(algo: str, env_id: str, root: Path) -> Path:
+    """root/ALGO/ENV_NAME holding model.zip and config.yml; a missing one names where it looked and
+    which env folders this algorithm has."""
+    candidates = [root / algo / name for name in zoo_env_names(env_id)]
+    for folder in candidates:
+        if (folder / "model.zip").is_file() and (folder / "config.yml").is_file():
+            return folder
+    present = sorted(p.name for p in (root / algo).iterdir() if p.is_dir()) if (root / algo).is_dir() else []
+    raise FileNotFoundError(
+        f"no {algo} behavior policy for {env_id}: looked for model.zip and config.yml in "
+        f"{' and '.join(map(str, candidates))}; {root / algo} has "
+        f"{', '.join(present) if present else 'no env folders'} (set RECURRL_BEHAVIOR_POLICIES to the folder "
+        "holding ALGO/ENV_NAME/; default: ../shared/behavior-policies beside the repository)"
+    )
 
 
 @contextlib.contextmanager
@@ -153,7 +176,7 @@ class BehaviorPolicy:
     def __init__(
         self,
         policy: Any,
-        action_space: gym.spaces.Box,
+        action_space: gym.spaces.Space,
         normalizer: ObsNormalizer | None,
         name: str,
         noise_std: float = 0.0,
@@ -173,6 +196,9 @@ class BehaviorPolicy:
         obs = np.asarray(obs, dtype=np.float64)
         if self.normalizer is not None:
             obs = self.normalizer(obs)
+        if not isinstance(self.action_space, gym.spaces.Box):  # e.g. Discrete: SB3's own argmax
+            with torch.no_grad():
+                return self.policy._predict(torch.as_tensor(obs, dtype=torch.float32), deterministic=True).numpy()
         with torch.no_grad():
             actions = (
                 self._deterministic(torch.as_tensor(obs, dtype=torch.float32)).numpy().astype(np.float64)
@@ -212,22 +238,14 @@ def load_behavior_policy(
     root: str | os.PathLike | None = None,
     trust_pickle: bool | None = None,
 ) -> BehaviorPolicy:
-    """Load `ALGO/ENV` (model.zip's policy.pth, config.yml, vecnormalize statistics) for a Gymnasium v5
-    env without unpickling anything (see the module doc; `trust_pickle` as in `load_obs_normalizer`)."""
+    """Load `ALGO/ENV_NAME` (model.zip's policy.pth, config.yml, vecnormalize statistics; folder names as
+    in `zoo_env_names`) for any gymnasium env without unpickling anything (see the module doc;
+    `trust_pickle` as in `load_obs_normalizer`)."""
     algo = algo.lower()
     if algo not in ALGOS:
         raise ValueError(f"unknown behavior policy {algo!r}; choose one of {', '.join(ALGOS)}")
-    if env_id not in ZOO_ENV_NAMES:
-        raise ValueError(f"no zoo behavior policies for {env_id!r}; available for {', '.join(ZOO_ENV_NAMES)}")
-    folder = Path(root) if root is not None else behavior_policies_dir()
-    folder = folder / algo / ZOO_ENV_NAMES[env_id]
+    folder = zoo_agent_folder(algo, env_id, Path(root) if root is not None else behavior_policies_dir())
     zip_path, config_path = folder / "model.zip", folder / "config.yml"
-    for path in (zip_path, config_path):
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"no behavior policy at {folder} (missing {path.name}); set RECURRL_BEHAVIOR_POLICIES to the folder "
-                "holding ALGO/ENV/model.zip and config.yml (default: ../shared/behavior-policies beside the repository)"
-            )
     env = gym.make(env_id)
     obs_space, act_space = env.observation_space, env.action_space
     env.close()
@@ -252,7 +270,7 @@ def load_behavior_policy(
             f"{normalizer_path}: normalization statistics have shape {normalizer.mean.shape}, "
             f"env {env_id} observes {obs_space.shape}"
         )
-    return BehaviorPolicy(policy, act_space, normalizer, f"{algo}/{ZOO_ENV_NAMES[env_id]}", noise_std, seed)
+    return BehaviorPolicy(policy, act_space, normalizer, f"{algo}/{folder.name}", noise_std, seed)
 
 
 def build_zoo_policy(

@@ -21,6 +21,9 @@ from recurrl.envs.packages import import_env_packages
 
 # policy(obs [B, *obs_shape], episode_starts [B] bool) -> actions [B, *act_shape]
 PolicyFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# factory(env_id, num_envs=, noise=, seed=) -> PolicyFn: a policy that is not a name (an SB3 zip, a
+# checkpoint); picklable (a module-level function or a partial of one) so worker processes build their own.
+PolicyFactory = Callable[..., PolicyFn]
 
 
 class RandomPolicy:
@@ -42,13 +45,16 @@ def _copy_space(space: gym.Space, seed: int | None) -> gym.Space:
 
 
 def make_policy(
-    policy: str, env_id: str, *, num_envs: int, noise: float = 0.0, seed: int | None = None
+    policy: str | PolicyFactory, env_id: str, *, num_envs: int, noise: float = 0.0, seed: int | None = None
 ) -> PolicyFn:
-    """`random`, `scripted` (POMDP tasks) or a zoo algorithm name (tqc, sac, ppo, trpo, a2c, ars).
+    """`random`, `scripted` (POMDP tasks), a zoo algorithm name (tqc, sac, ppo, trpo, a2c, ars) or a
+    PolicyFactory (e.g. envs.sb3_models.sb3_policy_factory).
 
     `noise`: Gaussian action-noise std for zoo policies, epsilon for CartPoleNoVel's scripted expert,
     torque-noise std for PendulumNoVel's. Zoo policies load without unpickling (envs.behavior).
     """
+    if callable(policy):
+        return policy(env_id, num_envs=num_envs, noise=noise, seed=seed)
     if policy == "random":
         env = gym.make(env_id)
         space = env.action_space
@@ -213,7 +219,7 @@ def collect(
 
 def collect_policy(
     env_id: str,
-    policy: str,
+    policy: str | PolicyFactory,
     *,
     noise: float = 0.0,
     steps: int | None = None,

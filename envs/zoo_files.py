@@ -125,8 +125,8 @@ class _Record:
         self._args = args
 
     def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple) and len(state) == 2:  # (dict, slots) from __reduce_ex__(2)
-            state = {**(state[0] or {}), **(state[1] or {})}
+        if isinstance(state, tuple) and len(state) == 2 and all(isinstance(s, dict | None) for s in state):
+            state = {**(state[0] or {}), **(state[1] or {})}  # (dict, slots) from __reduce_ex__(2)
         if isinstance(state, dict):
             self.__dict__.update(state)
         else:
@@ -150,6 +150,9 @@ RECORDED_CLASSES = {
     ("numpy.random._pickle", "__bit_generator_ctor"),
     ("numpy.random._pickle", "__generator_ctor"),
 }
+# Modules whose every name becomes an inert record: gym/gymnasium spaces, and numpy.random (a seeded env's
+# np_random: newer numpy pickles its bit generator class and SeedSequence, `numpy.random._pcg64.PCG64`, ...).
+RECORDED_MODULES = ("gym", "gymnasium", "numpy.random")
 
 
 class _DataOnlyUnpickler(pickle.Unpickler):
@@ -163,7 +166,7 @@ class _DataOnlyUnpickler(pickle.Unpickler):
         key = (module, name)
         if key in self.allowed:
             return self.allowed[key]
-        if key in RECORDED_CLASSES or module.split(".")[0] in ("gym", "gymnasium"):  # spaces: inert records
+        if key in RECORDED_CLASSES or any(module == m or module.startswith(m + ".") for m in RECORDED_MODULES):
             if key not in self.records:
                 self.records[key] = type(name, (_Record,), {"_pickled_as": f"{module}.{name}"})
             return self.records[key]

@@ -5,6 +5,8 @@ Examples:
   recurrl collect --env Hopper-v5 --policy tqc --steps 50000 --num-envs 32 --workers 2   (one process per core)
   recurrl collect --env CartPoleNoVel-v1 --policy scripted --noise 0.1 --episodes 50
   recurrl collect --suite d4rl --env Hopper-v5 --steps 100000 --export-hdf5 exports/
+  recurrl collect --env Pendulum-v1 --policy my_sac.zip --episodes 20 --ref-min-score -1500 --ref-max-score -150
+  recurrl collect --env CartPoleNoVel-v1 --policy runs/<ppo-run> --steps 20000
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from recurrl.scripts.options import (
     add_env_package_option,
     check_output_dir,
     check_output_file,
+    finite_float,
     import_env_packages,
     nonnegative_float,
     nonnegative_int,
@@ -27,7 +30,8 @@ TRUST = (
     "unpickled. recurrl unpickles none of them: it builds the network from config.yml, loads policy.pth "
     "with torch.load(weights_only=True) and reads vecnormalize.pkl with a data-only reader (numpy arrays "
     "only) into a JSON cache. A vecnormalize.pkl that reader refuses needs --trust-pickle: only files you "
-    "trust."
+    "trust. A model zip of your own (--policy PATH.zip) is loaded with Stable-Baselines3's ALGO.load, which DOES "
+    "unpickle parts of it (spaces, schedules): give only zips you trust."
 )
 
 
@@ -46,9 +50,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_env_package_option(parser)
     parser.add_argument(
         "--policy",
-        help="random, scripted (CartPoleNoVel-v1/PendulumNoVel-v1), or a zoo agent: tqc, sac, ppo, trpo, a2c, ars "
-        "(loaded from $RECURRL_BEHAVIOR_POLICIES or ../shared/behavior-policies, without unpickling)",
+        help="random, scripted (CartPoleNoVel-v1/PendulumNoVel-v1), a zoo agent: tqc, sac, ppo, trpo, a2c, ars "
+        "(ALGO/ENV_NAME/ under $RECURRL_BEHAVIOR_POLICIES or ../shared/behavior-policies, without unpickling), "
+        "an SB3/sb3-contrib model zip, or a recurrl PPO checkpoint or run directory",
     )
+    parser.add_argument("--algo", help="with --policy PATH.zip: the SB3 algorithm (default: read from the zip)")
+    parser.add_argument("--vecnormalize", help="with --policy PATH.zip: its VecNormalize file (obs statistics)")
+    for bound in ("min", "max"):
+        parser.add_argument(
+            f"--ref-{bound}-score",
+            type=finite_float,
+            help=f"reference {bound} return stored in the dataset, for normalized scores (default: D4RL's, if any)",
+        )
     parser.add_argument(
         "--trust-pickle",
         action="store_true",
@@ -117,10 +130,11 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
+    import recurrl.envs  # noqa: F401  (registers the POMDP env ids)
+    from recurrl.agents.behavior import policy_source
     from recurrl.envs.minari_writer import check_new_dataset, datasets_path, format_summary, record_dataset
     from recurrl.envs.packages import check_env_id
     from recurrl.envs.record import collect_policy
-    from recurrl.envs.scores import D4RL_REF_SCORES, d4rl_task_name
     from recurrl.envs.suites import build_suite, suite_dataset_id
 
     packages = import_env_packages(args)
@@ -134,8 +148,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.suite:
             if args.episodes is not None:
                 raise ValueError("--suite records a number of steps per tier: use --steps, not --episodes")
-            if args.policy:
-                raise ValueError("--suite uses the recipe's policies: drop --policy")
+            if args.policy or args.ref_min_score is not None or args.ref_max_score is not None:
+                raise ValueError("--suite uses the recipe's policies and D4RL's scores: drop --policy/--ref-*-score")
             results = build_suite(
                 args.env,
                 steps=args.steps or 1_000_000,
@@ -157,13 +171,15 @@ def _run(args: argparse.Namespace) -> int:
             return 0
 
         if not args.policy:
-            raise ValueError("give --policy (random, scripted or a zoo agent) or --suite d4rl")
+            raise ValueError("give --policy (random, scripted, a zoo agent, a model zip or a checkpoint) or --suite d4rl")
+        ref_min, ref_max, ref_source = reference_scores(args)
+        policy, name = policy_source(args.policy, args.algo, args.vecnormalize)
         steps = args.steps if args.steps is not None or args.episodes is not None else 1_000_000
-        dataset_id = args.dataset_id or suite_dataset_id(args.env, args.policy)
+        dataset_id = args.dataset_id or suite_dataset_id(args.env, name)
         check_new_dataset(dataset_id, args.overwrite)
         collection = collect_policy(
             args.env,
-            args.policy,
+            policy,
             noise=args.noise,
             steps=steps,
             episodes=args.episodes,
@@ -175,15 +191,13 @@ def _run(args: argparse.Namespace) -> int:
             description=args.policy,
             env_packages=tuple(packages),
         )
-        task = d4rl_task_name(args.env)
-        ref_min, ref_max = D4RL_REF_SCORES[task] if task else (None, None)
         recipe = args.policy + (f" + N(0, {args.noise}^2) action noise" if args.noise else "")
         summary = record_dataset(
             collection,
             dataset_id,
             recipe=recipe,
             description=f"{args.env} recorded by `recurrl collect` with {recipe} (seed {args.seed}, "
-            f"{args.num_envs} envs)." + (" Reference scores are D4RL's." if task else ""),
+            f"{args.num_envs} envs)." + ref_source,
             ref_min_score=ref_min,
             ref_max_score=ref_max,
             overwrite=args.overwrite,
@@ -197,3 +211,20 @@ def _run(args: argparse.Namespace) -> int:
             if "hdf5" in summary:
                 print(f"D4RL-format copy: {summary['hdf5']}")
     return 0
+
+
+def reference_scores(args: argparse.Namespace) -> tuple[float | None, float | None, str]:
+    """(--ref-min-score, --ref-max-score), else D4RL's for its tasks, else none -> (min, max, description note)."""
+    from recurrl.envs.scores import D4RL_REF_SCORES, d4rl_task_name
+
+    given = (args.ref_min_score, args.ref_max_score)
+    if given.count(None) == 1:
+        raise ValueError(
+            "give both --ref-min-score and --ref-max-score (normalized = 100 * (R - min) / (max - min))"
+        )
+    if None not in given:
+        if given[0] == given[1]:
+            raise ValueError(f"--ref-min-score equals --ref-max-score ({given[0]:g}); they must differ")
+        return given[0], given[1], f" Reference scores {given[0]:g} / {given[1]:g} given to collect."
+    task = d4rl_task_name(args.env)
+    return (*D4RL_REF_SCORES[task], " Reference scores are D4RL's.") if task else (None, None, "")

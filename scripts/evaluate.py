@@ -8,6 +8,7 @@ from typing import Any
 
 from recurrl.scripts.options import (
     add_env_package_option,
+    check_output_dir,
     check_output_file,
     finite_float,
     import_env_packages,
@@ -25,6 +26,7 @@ mean +- std of the per-checkpoint means ("over seeds").
   recurrl evaluate runs/<name> --mode both --episodes 20 --target-returns 3600 1800
   recurrl evaluate runs/seed0/checkpoints/last runs/seed1/checkpoints/last --output summary.json
   recurrl evaluate runs/<name>/checkpoints/last --target-returns 1000 2000 3000 3600 4500 --plot sweep.png
+  recurrl evaluate runs/<name>/checkpoints/last --video videos/ --video-episodes 2   (MUJOCO_GL=egl headless)
 
 The env packages a run imported (--env-package, kept in its config) are imported again; --env-package
 adds others (e.g. for a checkpoint from before the option existed).
@@ -60,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PNG",
         help="Decision checkpoints: plot the achieved return against each target return (DT's Figure 4)",
     )
+    parser.add_argument("--video", metavar="DIR", help="also film evaluation episodes into DIR (first seed/target)")
+    parser.add_argument("--video-episodes", type=positive_int, default=1, help="episodes to film per checkpoint")
+    parser.add_argument("--video-format", choices=["mp4", "gif"], default="mp4")
     parser.set_defaults(func=run)
 
 
@@ -102,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.output, "--output")
     check_output_file(args.plot, "--plot")
     import_env_packages(args)
+    check_output_dir(args.video, "--video")
     if args.threads > 0:
         import torch
 
@@ -119,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     if args.stochastic and "decision" in kinds:
         raise ValueError("--stochastic is for PPO checkpoints: a Decision agent's actions are deterministic")
     modes = ("stateful", "window") if args.mode == "both" else (args.mode,)
+    if args.video:
+        film(args, paths, modes[0])
     decision, other = [], []
     for path, kind in zip(paths, kinds, strict=True):
         if kind == "decision":
@@ -139,6 +147,10 @@ def run(args: argparse.Namespace) -> int:
             other.append(result)
             how = "deterministic" if result["deterministic"] else "stochastic"
             print(f"{path} [ppo, {result['env_id']}, {result['backbone']}, {how}] {format_summary(result)}")
+    if any(s["normalized_score_mean"] is None for r in decision for ss in r["modes"].values() for s in ss):
+        from recurrl.scripts.train import RAW_RETURNS_NOTE
+
+        print(RAW_RETURNS_NOTE)
     summary: dict[str, Any] = {"checkpoints": decision + other}
     if len(decision) > 1:
         summary["aggregate"] = aggregate_checkpoints(decision)
@@ -159,3 +171,19 @@ def run(args: argparse.Namespace) -> int:
         plot_target_sweep(decision, summary.get("aggregate", []), plot_path)
         print(f"plot: {plot_path}")
     return 0
+
+
+def film(args: argparse.Namespace, paths: list[Path], mode: str) -> None:
+    """--video: film each checkpoint before evaluating it (a rendering problem then costs no evaluation)."""
+    from recurrl.agents.video import VideoRequest, headless_gl, record_checkpoint_videos
+
+    headless_gl()
+    request = VideoRequest(Path(args.video), args.video_episodes, args.video_format, args.seeds[0])
+    for path in paths:
+        target = args.target_returns[0] if args.target_returns else None
+        written = record_checkpoint_videos(
+            path, request, target_return=target, mode=mode, context_length=args.context_length,
+            deterministic=not args.stochastic, device=args.device,
+        )  # fmt: skip
+        for video in written:
+            print(f"video: {video}")

@@ -169,6 +169,12 @@ def run(args: argparse.Namespace) -> int:
             return 1
 
 
+RAW_RETURNS_NOTE = (
+    "returns are raw: the dataset has no reference scores for a normalized score "
+    "(recurrl collect --ref-min-score/--ref-max-score stores them)"
+)
+
+
 def _train(args: argparse.Namespace) -> int:
     from recurrl.agents.decision.trainer import DecisionTrainer
 
@@ -190,6 +196,8 @@ def _train(args: argparse.Namespace) -> int:
     trainer.close()  # under torchrun: every rank finished, then the process group is left in order
     if results is None:
         return 0
+    if results["checkpoints"]["last"]["targets"][0]["normalized_score_mean"] is None:
+        print(RAW_RETURNS_NOTE)
     for name in ("last", "best"):
         result = results["checkpoints"][name]
         for target in result["targets"]:

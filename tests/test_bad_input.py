@@ -133,6 +133,11 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("bench-out-is-file", "bench backbones --out {file}", ["--out", "a-file.txt"]),
     ("collect-datasets-path-is-file", "collect --env Hopper-v5 --policy random --datasets-path {file}", ["a-file.txt"]),
     ("collect-export-is-dir", COLLECT + " --export-hdf5 {dir}", ["--export-hdf5", "a-dir"]),
+    ("evaluate-video-is-file", "evaluate {decision} --video {file}", ["--video", "a-file.txt"]),
+    ("evaluate-video-episodes-zero", "evaluate {decision} --video {dir} --video-episodes 0", ["--video-episodes"]),
+    ("collect-policy-not-sb3", COLLECT + " --policy {file}", ["a-file.txt", "not a Stable-Baselines3 model zip"]),
+    ("collect-ref-score-alone", COLLECT + " --ref-max-score 10", ["--ref-min-score", "both"]),
+    ("collect-ref-scores-equal", COLLECT + " --ref-min-score 1 --ref-max-score 1", ["must differ"]),
     # ---- envs
     ("ppo-unknown-env", f"train-ppo {P} --env NoSuchEnv-v0", ["NoSuchEnv-v0"]),
     ("ppo-wrong-obs-shape", f"train-ppo {P} --env {BAD_SHAPE_ENV} --backbone mlp", ["shape (5,)", "(4,)"]),

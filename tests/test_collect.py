@@ -159,7 +159,7 @@ def test_zoo_policy_loads_with_scoped_gym_alias() -> None:
 def test_unknown_behavior_policy() -> None:
     with pytest.raises(ValueError, match="unknown behavior policy"):
         load_behavior_policy("dqn", "Hopper-v5")
-    with pytest.raises(ValueError, match="no zoo behavior policies"):
+    with pytest.raises(FileNotFoundError, match=r"sac/Ant and .*sac/Ant-v5;"):
         load_behavior_policy("sac", "Ant-v5")
     with pytest.raises(FileNotFoundError, match="RECURRL_BEHAVIOR_POLICIES"):
         load_behavior_policy("sac", "Hopper-v5", root="/nonexistent")
