@@ -207,105 +207,99 @@ def effective_scans(config: BenchConfig, device: torch.device) -> list[str]:
     return scans
 
 
+def _skip_reason(scan: str, device: torch.device) -> str | None:
+    """Why a scan backend's row is not measured on this device (its kernel runs on one device type only)."""
+    if scan == "triton" and device.type != "cuda":
+        return "cuda only"
+    if scan == "numba" and device.type != "cpu":
+        return "cpu only"
+    return None
+
+
+def _scans_for(family: str, scans: list[str], device: torch.device) -> list[tuple[str | None, str | None]]:
+    """(scan, skip reason) per row of one family; the RNN baselines have no scan option, so one row."""
+    if family == "mamba":
+        return [(scan, _skip_reason(scan, device)) for scan in MAMBA_SCANS]
+    if family not in MIN_GRU_FAMILY:
+        return [(None, None)]
+    return [(scan, _skip_reason(scan, device)) for scan in scans]
+
+
+def _scan_jobs(config: BenchConfig, device: torch.device, scans: list[str]) -> list[Job]:
+    """minGRU's recurrence alone: scan.gated_scan_tm on pre-activations [T, B, 2H], per backend and T."""
+    jobs: list[Job] = []
+    for scan in [s for s in scans if s != "auto"]:
+        skip = _skip_reason(scan, device)
+        for length in config.seq_lens:
+            make = _scan_train(scan, length, config, device)
+            jobs.append(Job("scan", "train", f"gated scan [{scan}]", length, make, skip))
+    return jobs
+
+
+def _layer_jobs(config: BenchConfig, device: torch.device, scans: list[str]) -> list[Job]:
+    """One recurrent layer like for like: training per (family, scan, T), then one step per (family, B)."""
+    families = [name for name in ("mingru", "minlstm", "lstm", "gru") if name in config.backbones]
+    jobs: list[Job] = []
+    for family in families:
+        for scan, skip in _scans_for(family, scans, device):
+            method = LAYER_LABELS[family] if scan is None else scan_label(family, scan)
+            for length in config.seq_lens:
+                make = _layer_train(family, scan, length, config, device)
+                jobs.append(Job("layer", "train", method, length, make, skip))
+    for family in families:
+        for batch in config.step_batch_sizes:
+            make = _layer_step(family, batch, config, device)
+            jobs.append(Job("layer", "step", CELL_LABELS[family], batch, make))
+    return jobs
+
+
+def _dt_jobs(config: BenchConfig, device: torch.device) -> list[Job]:
+    """The classic Decision Transformer's window re-run next to a KV-cache step and a minGRU step of the
+    same depth, per B (interleaved per B, so the three rows of one batch size sit together)."""
+    layers = config.dt_layers
+    jobs: list[Job] = []
+    for batch in config.step_batch_sizes:
+        rerun = _dt_rerun(batch, config, device)
+        jobs.append(Job("backbone", "dt", f"transformer re-run {DT_TOKENS} tokens ({layers}L)", batch, rerun))
+        kv_step = _backbone_step("transformer", batch, config, device, layers)
+        jobs.append(Job("backbone", "dt", f"transformer KV-cache step ({layers}L)", batch, kv_step))
+        if "mingru" in config.backbones:
+            mingru_step = _backbone_step("mingru", batch, config, device, layers)
+            jobs.append(Job("backbone", "dt", f"mingru step ({layers}L)", batch, mingru_step))
+    return jobs
+
+
+def _backbone_jobs(config: BenchConfig, device: torch.device, scans: list[str]) -> list[Job]:
+    """Each full backbone: training per (backbone, scan, T), one step per (backbone, B), then Mamba's
+    eager mambapy step and the Decision Transformer comparison when those backbones are asked for."""
+    jobs: list[Job] = []
+    for name in config.backbones:
+        for scan, skip in _scans_for(name, scans, device):
+            method = name if scan is None else f"{name} [{scan}]"
+            for length in config.seq_lens:
+                make = _backbone_train(name, scan, length, config, device)
+                jobs.append(Job("backbone", "train", method, length, make, skip))
+    for name in config.backbones:
+        for batch in config.step_batch_sizes:
+            jobs.append(Job("backbone", "step", name, batch, _backbone_step(name, batch, config, device)))
+    if "mamba" in config.backbones:
+        # The eager step on mambapy's path, next to the default one (compiled on CPU).
+        for batch in config.step_batch_sizes:
+            make = _backbone_step("mamba", batch, config, device, scan="mambapy")
+            jobs.append(Job("backbone", "step", "mamba [mambapy]", batch, make))
+    if "transformer" in config.backbones:
+        jobs.extend(_dt_jobs(config, device))
+    return jobs
+
+
 def plan(config: BenchConfig, device: torch.device) -> list[Job]:
     """Every row the configuration asks for, in the order they are measured and shown."""
-    jobs: list[Job] = []
     scans = effective_scans(config, device)
-
-    def skip_reason(scan: str) -> str | None:
-        if scan == "triton" and device.type != "cuda":
-            return "cuda only"
-        if scan == "numba" and device.type != "cpu":
-            return "cpu only"
-        return None
-
-    def scans_for(family: str) -> list[tuple[str | None, str | None]]:
-        # (scan, skip reason); the RNN baselines have no scan option.
-        if family == "mamba":
-            return [(scan, skip_reason(scan)) for scan in MAMBA_SCANS]
-        if family not in MIN_GRU_FAMILY:
-            return [(None, None)]
-        return [(scan, skip_reason(scan)) for scan in scans]
-
-    families = [name for name in ("mingru", "minlstm", "lstm", "gru") if name in config.backbones]
+    jobs: list[Job] = []
     if "scan" in config.levels and "mingru" in config.backbones:
-        # minGRU's recurrence alone: scan.gated_scan_tm on pre-activations [T, B, 2H].
-        for scan in [s for s in scans if s != "auto"]:
-            skip = skip_reason(scan)
-            for length in config.seq_lens:
-                jobs.append(
-                    Job(
-                        "scan",
-                        "train",
-                        f"gated scan [{scan}]",
-                        length,
-                        _scan_train(scan, length, config, device),
-                        skip,
-                    )
-                )
+        jobs.extend(_scan_jobs(config, device, scans))
     if "layer" in config.levels:
-        for family in families:
-            for scan, skip in scans_for(family):
-                method = LAYER_LABELS[family] if scan is None else scan_label(family, scan)
-                for length in config.seq_lens:
-                    make = _layer_train(family, scan, length, config, device)
-                    jobs.append(Job("layer", "train", method, length, make, skip))
-        for family in families:
-            for batch in config.step_batch_sizes:
-                jobs.append(
-                    Job(
-                        "layer",
-                        "step",
-                        CELL_LABELS[family],
-                        batch,
-                        _layer_step(family, batch, config, device),
-                    )
-                )
+        jobs.extend(_layer_jobs(config, device, scans))
     if "backbone" in config.levels:
-        for name in config.backbones:
-            for scan, skip in scans_for(name):
-                method = name if scan is None else f"{name} [{scan}]"
-                for length in config.seq_lens:
-                    make = _backbone_train(name, scan, length, config, device)
-                    jobs.append(Job("backbone", "train", method, length, make, skip))
-        for name in config.backbones:
-            for batch in config.step_batch_sizes:
-                jobs.append(Job("backbone", "step", name, batch, _backbone_step(name, batch, config, device)))
-        if "mamba" in config.backbones:
-            # The eager step on mambapy's path, next to the default one (compiled on CPU).
-            for batch in config.step_batch_sizes:
-                make = _backbone_step("mamba", batch, config, device, scan="mambapy")
-                jobs.append(Job("backbone", "step", "mamba [mambapy]", batch, make))
-        if "transformer" in config.backbones:
-            tokens = DT_TOKENS
-            layers = config.dt_layers
-            for batch in config.step_batch_sizes:
-                jobs.append(
-                    Job(
-                        "backbone",
-                        "dt",
-                        f"transformer re-run {tokens} tokens ({layers}L)",
-                        batch,
-                        _dt_rerun(batch, config, device),
-                    )
-                )
-                jobs.append(
-                    Job(
-                        "backbone",
-                        "dt",
-                        f"transformer KV-cache step ({layers}L)",
-                        batch,
-                        _backbone_step("transformer", batch, config, device, layers),
-                    )
-                )
-                if "mingru" in config.backbones:
-                    jobs.append(
-                        Job(
-                            "backbone",
-                            "dt",
-                            f"mingru step ({layers}L)",
-                            batch,
-                            _backbone_step("mingru", batch, config, device, layers),
-                        )
-                    )
+        jobs.extend(_backbone_jobs(config, device, scans))
     return jobs
