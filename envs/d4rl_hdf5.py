@@ -24,7 +24,7 @@ from recurrl.envs.dataset_checks import (
     make_episode,
     optional_float,
 )
-from recurrl.envs.episodes import OfflineDataset
+from recurrl.envs.episodes import Episode, OfflineDataset
 from recurrl.envs.scores import D4RL_ENV_IDS, d4rl_reference_scores, d4rl_task_name
 
 D4RL_REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
@@ -39,6 +39,35 @@ def load_hdf5(
     error unless `clip_actions` clips them to the bounds."""
     path = Path(path)
     name = str(path)
+    arrays, next_obs, attrs = _read_hdf5(name, path)
+    obs, actions, rewards, terminals, timeouts = _step_arrays(name, arrays, next_obs)
+
+    env_id, ref_min, ref_max, env_kwargs = _hdf5_env_and_scores(name, path, attrs, env_id)
+    env = make_dataset_env(name, env_id, env_kwargs)
+    obs_space, act_space = env.observation_space, env.action_space
+    env.close()
+    check_supported_spaces(name, obs_space, act_space)
+    check_array_shapes(name, env_id, obs_space, act_space, obs, actions)
+    discrete = isinstance(act_space, gym.spaces.Discrete)
+
+    episodes = _split_episodes(name, obs, actions, rewards, terminals, timeouts, next_obs, discrete)
+    dataset = OfflineDataset(
+        name=name,
+        episodes=episodes,
+        env_id=env_id,
+        observation_space=obs_space,
+        action_space=act_space,
+        env_kwargs=env_kwargs,
+        ref_min_score=ref_min,
+        ref_max_score=ref_max,
+    )
+    check_env_spaces(dataset, clip_actions)
+    return dataset
+
+
+def _read_hdf5(name: str, path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None, dict[str, Any]]:
+    """The required arrays, `next_observations` (None when absent) and the file attributes, read into
+    memory so the file is closed before any checks; an unreadable file is a ValueError naming it."""
     try:
         with h5py.File(path, "r") as file:
             missing = [key for key in D4RL_REQUIRED_KEYS if key not in file]
@@ -54,7 +83,14 @@ def load_hdf5(
         raise ValueError(
             f"{name}: cannot read the hdf5 file ({error}); it is truncated, corrupt or not hdf5"
         ) from error
+    return arrays, next_obs, attrs
 
+
+def _step_arrays(
+    name: str, arrays: dict[str, np.ndarray], next_obs: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(observations, actions, rewards, terminals, timeouts) with the flags as flat bools and [N, 1]
+    rewards flattened; a ValueError when the arrays are not one entry per step, or hold no steps."""
     obs, actions, rewards = arrays["observations"], arrays["actions"], arrays["rewards"]
     terminals = arrays["terminals"].astype(bool).reshape(-1)
     timeouts = arrays["timeouts"].astype(bool).reshape(-1)
@@ -71,16 +107,21 @@ def load_hdf5(
         raise ValueError(f"{name}: the file holds no steps")
     if rewards.ndim != 1:
         raise ValueError(f"{name}: rewards must be one number per step, got shape {rewards.shape}")
+    return obs, actions, rewards, terminals, timeouts
 
-    env_id, ref_min, ref_max, env_kwargs = _hdf5_env_and_scores(name, path, attrs, env_id)
-    env = make_dataset_env(name, env_id, env_kwargs)
-    obs_space, act_space = env.observation_space, env.action_space
-    env.close()
-    check_supported_spaces(name, obs_space, act_space)
-    check_array_shapes(name, env_id, obs_space, act_space, obs, actions)
-    discrete = isinstance(act_space, gym.spaces.Discrete)
 
-    # Episode boundaries: after each terminal/timeout; steps after the last one form a cut-off episode.
+def _split_episodes(
+    name: str,
+    obs: np.ndarray,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    terminals: np.ndarray,
+    timeouts: np.ndarray,
+    next_obs: np.ndarray | None,
+    discrete: bool,
+) -> list[Episode]:
+    """The flat steps cut into episodes after each terminal/timeout; steps after the last one form a
+    cut-off episode (marked truncated, since the recording stopped there)."""
     ends = np.flatnonzero(terminals | timeouts) + 1
     if len(ends) == 0 and len(rewards) > 1:
         warnings.warn(
@@ -88,7 +129,7 @@ def load_hdf5(
                 f"{name}: no step is marked in 'terminals' or 'timeouts', so all {len(rewards):,} steps are read as "
                 "one episode; if the file holds several, their last steps must be marked there"
             ),
-            stacklevel=2,
+            stacklevel=3,  # load_hdf5's caller, as before this was split out of load_hdf5
         )
     if len(ends) == 0 or ends[-1] != len(rewards):
         ends = np.append(ends, len(rewards))
@@ -110,18 +151,7 @@ def load_hdf5(
                 discrete=discrete,
             )
         )
-    dataset = OfflineDataset(
-        name=name,
-        episodes=episodes,
-        env_id=env_id,
-        observation_space=obs_space,
-        action_space=act_space,
-        env_kwargs=env_kwargs,
-        ref_min_score=ref_min,
-        ref_max_score=ref_max,
-    )
-    check_env_spaces(dataset, clip_actions)
-    return dataset
+    return episodes
 
 
 def _attr(value: Any) -> Any:
