@@ -149,18 +149,7 @@ def collect(
         raise ValueError(f"steps/episodes and num_envs must be positive (steps={steps}, episodes={episodes})")
     from tqdm import tqdm
 
-    vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
-    vec = vector_cls(
-        [lambda: gym.make(env_id) for _ in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-    space = vec.single_observation_space
-    if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)):  # a batch of these is not one array
-        vec.close()
-        raise ValueError(
-            f"{env_id}: collect records array observations (Box, Discrete, MultiDiscrete, MultiBinary), not "
-            f"{type(space).__name__} ones; the Decision agent trains on Box observations (PPO flattens them)"
-        )
+    vec = _make_vector_env(env_id, num_envs, asynchronous)
     done = Collection(env_id)
     running: list[dict[str, list]] = [_new_buffer() for _ in range(num_envs)]
     obs, _ = vec.reset(seed=[seed + i for i in range(num_envs)])
@@ -203,6 +192,36 @@ def collect(
     finally:
         bar.close()
         vec.close()
+    _settle_running(done, running, steps, episodes)
+    done.seconds = time.perf_counter() - begin
+    done.cpu_seconds = time.process_time() - cpu_begin
+    return done
+
+
+def _make_vector_env(env_id: str, num_envs: int, asynchronous: bool) -> gym.vector.VectorEnv:
+    """`num_envs` copies of the env with same-step autoreset (no step is spent on a reset); a ValueError
+    for Dict/Tuple observations, whose batch is not one array (the env is closed first)."""
+    vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
+    vec = vector_cls(
+        [lambda: gym.make(env_id) for _ in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    space = vec.single_observation_space
+    if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)):  # a batch of these is not one array
+        vec.close()
+        raise ValueError(
+            f"{env_id}: collect records array observations (Box, Discrete, MultiDiscrete, MultiBinary), not "
+            f"{type(space).__name__} ones; the Decision agent trains on Box observations (PPO flattens them)"
+        )
+    return vec
+
+
+def _settle_running(
+    done: Collection, running: list[dict[str, list]], steps: int | None, episodes: int | None
+) -> None:
+    """Settle the episodes still running when the loop stops: with a step budget they are kept, ending in
+    a truncation; with an episode budget they are dropped, and episodes past the budget (several envs can
+    finish on the last tick) are cut off."""
     if steps is not None:
         for buffer in running:  # episodes cut by the step budget end in a truncation
             if buffer["rew"]:
@@ -212,9 +231,6 @@ def collect(
     else:
         for name in ("observations", "actions", "rewards", "terminations", "truncations"):
             setattr(done, name, getattr(done, name)[:episodes])
-    done.seconds = time.perf_counter() - begin
-    done.cpu_seconds = time.process_time() - cpu_begin
-    return done
 
 
 def collect_policy(
