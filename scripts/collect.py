@@ -131,11 +131,8 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     import recurrl.envs  # noqa: F401  (registers the POMDP env ids)
-    from recurrl.agents.behavior import policy_source
-    from recurrl.envs.minari_writer import check_new_dataset, datasets_path, format_summary, record_dataset
+    from recurrl.envs.minari_writer import datasets_path
     from recurrl.envs.packages import check_env_id
-    from recurrl.envs.record import collect_policy
-    from recurrl.envs.suites import build_suite, suite_dataset_id
 
     packages = import_env_packages(args)
     check_env_id(args.env)
@@ -143,74 +140,92 @@ def _run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     check_output_dir(args.datasets_path, "--datasets-path")
     (check_output_dir if args.suite else check_output_file)(args.export_hdf5, "--export-hdf5")
-    log = (lambda _: None) if args.json else print
     with datasets_path(args.datasets_path):
         if args.suite:
-            if args.episodes is not None:
-                raise ValueError("--suite records a number of steps per tier: use --steps, not --episodes")
-            if args.policy or args.ref_min_score is not None or args.ref_max_score is not None:
-                raise ValueError("--suite uses the recipe's policies and D4RL's scores: drop --policy/--ref-*-score")
-            results = build_suite(
-                args.env,
-                steps=args.steps or 1_000_000,
-                tiers=tuple(args.tiers)
-                if args.tiers
-                else ("random", "medium", "medium-replay", "expert", "medium-expert"),
-                num_envs=args.num_envs,
-                seed=args.seed,
-                asynchronous=args.asynchronous,
-                workers=args.workers,
-                progress=not args.no_progress and not args.json,
-                overwrite=args.overwrite,
-                export_dir=args.export_hdf5,
-                compress=args.compress,
-                log=log,
-            )
-            if args.json:
-                print(json.dumps(results, indent=2))
-            return 0
-
-        if not args.policy:
-            raise ValueError("give --policy (random, scripted, a zoo agent, a model zip or a checkpoint) or --suite d4rl")
-        ref_min, ref_max, ref_source = reference_scores(args)
-        policy, name = policy_source(args.policy, args.algo, args.vecnormalize)
-        steps = args.steps if args.steps is not None or args.episodes is not None else 1_000_000
-        dataset_id = args.dataset_id or suite_dataset_id(args.env, name)
-        check_new_dataset(dataset_id, args.overwrite)
-        collection = collect_policy(
-            args.env,
-            policy,
-            noise=args.noise,
-            steps=steps,
-            episodes=args.episodes,
-            num_envs=args.num_envs,
-            seed=args.seed,
-            asynchronous=args.asynchronous,
-            workers=args.workers,
-            progress=not args.no_progress and not args.json,
-            description=args.policy,
-            env_packages=tuple(packages),
-        )
-        recipe = args.policy + (f" + N(0, {args.noise}^2) action noise" if args.noise else "")
-        summary = record_dataset(
-            collection,
-            dataset_id,
-            recipe=recipe,
-            description=f"{args.env} recorded by `recurrl collect` with {recipe} (seed {args.seed}, "
-            f"{args.num_envs} envs)." + ref_source,
-            ref_min_score=ref_min,
-            ref_max_score=ref_max,
-            overwrite=args.overwrite,
-            compress=args.compress,
-            export_hdf5=args.export_hdf5,
-        )
-        if args.json:
-            print(json.dumps(summary, indent=2))
+            _run_suite(args)
         else:
-            print(format_summary(summary))
-            if "hdf5" in summary:
-                print(f"D4RL-format copy: {summary['hdf5']}")
+            _run_policy(args, packages)
     return 0
+
+
+def _run_suite(args: argparse.Namespace) -> None:
+    """--suite d4rl: the recipe's tiers of --env, each a dataset (the recipe picks policies and scores)."""
+    from recurrl.envs.suites import build_suite
+
+    if args.episodes is not None:
+        raise ValueError("--suite records a number of steps per tier: use --steps, not --episodes")
+    if args.policy or args.ref_min_score is not None or args.ref_max_score is not None:
+        raise ValueError("--suite uses the recipe's policies and D4RL's scores: drop --policy/--ref-*-score")
+    results = build_suite(
+        args.env,
+        steps=args.steps or 1_000_000,
+        tiers=tuple(args.tiers)
+        if args.tiers
+        else ("random", "medium", "medium-replay", "expert", "medium-expert"),
+        num_envs=args.num_envs,
+        seed=args.seed,
+        asynchronous=args.asynchronous,
+        workers=args.workers,
+        progress=not args.no_progress and not args.json,
+        overwrite=args.overwrite,
+        export_dir=args.export_hdf5,
+        compress=args.compress,
+        log=(lambda _: None) if args.json else print,  # --json prints only the JSON
+    )
+    if args.json:
+        print(json.dumps(results, indent=2))
+
+
+def _run_policy(args: argparse.Namespace, packages: list[str]) -> None:
+    """--policy: record it into one dataset (and its hdf5 copy with --export-hdf5), then the summary."""
+    from recurrl.agents.behavior import policy_source
+    from recurrl.envs.minari_writer import check_new_dataset, format_summary, record_dataset
+    from recurrl.envs.record import collect_policy
+    from recurrl.envs.suites import suite_dataset_id
+
+    if not args.policy:
+        raise ValueError(
+            "give --policy (random, scripted, a zoo agent, a model zip or a checkpoint) or --suite d4rl"
+        )
+    ref_min, ref_max, ref_source = reference_scores(args)
+    policy, name = policy_source(args.policy, args.algo, args.vecnormalize)
+    steps = args.steps if args.steps is not None or args.episodes is not None else 1_000_000
+    dataset_id = args.dataset_id or suite_dataset_id(args.env, name)
+    # Before recording, so a taken id fails fast rather than after the whole collection.
+    check_new_dataset(dataset_id, args.overwrite)
+    collection = collect_policy(
+        args.env,
+        policy,
+        noise=args.noise,
+        steps=steps,
+        episodes=args.episodes,
+        num_envs=args.num_envs,
+        seed=args.seed,
+        asynchronous=args.asynchronous,
+        workers=args.workers,
+        progress=not args.no_progress and not args.json,
+        description=args.policy,
+        env_packages=tuple(packages),
+    )
+    recipe = args.policy + (f" + N(0, {args.noise}^2) action noise" if args.noise else "")
+    summary = record_dataset(
+        collection,
+        dataset_id,
+        recipe=recipe,
+        description=f"{args.env} recorded by `recurrl collect` with {recipe} (seed {args.seed}, "
+        f"{args.num_envs} envs)." + ref_source,
+        ref_min_score=ref_min,
+        ref_max_score=ref_max,
+        overwrite=args.overwrite,
+        compress=args.compress,
+        export_hdf5=args.export_hdf5,
+    )
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_summary(summary))
+        if "hdf5" in summary:
+            print(f"D4RL-format copy: {summary['hdf5']}")
 
 
 def reference_scores(args: argparse.Namespace) -> tuple[float | None, float | None, str]:
