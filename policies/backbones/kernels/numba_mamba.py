@@ -189,7 +189,13 @@ def scan_backward(
 ) -> None:
     """Gradients of `scan_forward`. Inputs as there, ckpt from it, dout [B, T, E]; carry [B, N, E] holds
     d h_last on entry and d h0 on return. Writes dx, ddelta, dz (when gated) [B, T, E], db, dc [B, T, N];
-    da_t [N, E] (d A^T), dd and dbias [E] are summed over rows and steps (zero them first)."""
+    da_t [N, E] (d A^T), dd and dbias [E] are summed over rows and steps (zero them first).
+
+    Longer than the ~80-line guideline on purpose: the per-step body below is the hot loop, and it reads
+    or writes over twenty of these arrays plus the scratch rows, so a helper for it would take about 30
+    arguments a call and would need numba-level inlining (`inline="always"`, as `_advance_state`) to keep
+    LLVM vectorizing the inner loops. The parts that split cleanly (`_recompute_chunk`, `_step_inputs`)
+    already are helpers."""
     batch, length, inner = x.shape
     n_state = a_t.shape[0]
     dtype = x.dtype
