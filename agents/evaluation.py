@@ -36,6 +36,13 @@ class Actor(Protocol):
         ...
 
 
+def check_episode_counts(episodes: int, num_envs: int) -> None:
+    """Shared by the Decision and PPO evaluators: checked before they build any env, so a bad count fails
+    at once with one message for both."""
+    if episodes <= 0 or num_envs <= 0:
+        raise ValueError(f"episodes and num_envs must be positive, got {episodes}, {num_envs}")
+
+
 def episode_quotas(episodes: int, num_envs: int) -> np.ndarray:
     return np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
 

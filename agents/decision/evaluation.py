@@ -71,8 +71,7 @@ def run_episodes(
     `shard` = (rank, world_size): play only that process's env slots (agents.evaluation.Slots)."""
     if mode not in ("stateful", "window"):
         raise ValueError(f"evaluation mode must be 'stateful' or 'window', got {mode!r}")
-    if episodes <= 0 or num_envs <= 0:
-        raise ValueError(f"episodes and num_envs must be positive, got {episodes}, {num_envs}")
+    evaluation.check_episode_counts(episodes, num_envs)
     n = min(num_envs, episodes)
     slots = None if shard is None else evaluation.Slots(n, *shard)
     if slots is not None:

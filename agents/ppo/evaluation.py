@@ -82,8 +82,7 @@ def run_episodes(
     """`episodes` full episodes of `policy` in fresh envs, observations normalized by `obs_norm` without
     updating it -> agents.evaluation's result schema plus env_id and deterministic. Used by `recurrl
     evaluate` and by the trainer's periodic evaluation (`eval_every`)."""
-    if episodes <= 0 or num_envs <= 0:
-        raise ValueError(f"episodes and num_envs must be positive, got {episodes}, {num_envs}")
+    evaluation.check_episode_counts(episodes, num_envs)
     envs = make_vector_env(env_id, min(num_envs, episodes), "sync", flatten_obs=True)
     try:
         spec = SpaceSpec.from_spaces(envs.single_observation_space, envs.single_action_space)
