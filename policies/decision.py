@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbones.base import (
+    MaskDropout,
     State,
     count_parameters,
     run_dropout,
@@ -119,7 +120,7 @@ class DecisionModel(nn.Module):
                 nn.Embedding(act_dim + 1, hidden_dim) if discrete else nn.Linear(act_dim, hidden_dim)
             )
         self.embed_ln = nn.LayerNorm(hidden_dim)
-        self.embed_dropout = nn.Dropout(c.dropout)
+        self.embed_dropout = MaskDropout(c.dropout)
         self.backbone = make_backbone(backbone_name, hidden_dim, hidden_dim, num_layers, **c.backbone_options)
         self.backbone_name = backbone_name
         self.head = nn.Linear(hidden_dim, act_dim)
