@@ -119,6 +119,8 @@ class DecisionModel(nn.Module):
                 nn.Embedding(act_dim + 1, hidden_dim) if discrete else nn.Linear(act_dim, hidden_dim)
             )
         self.embed_ln = nn.LayerNorm(hidden_dim)
+        # nn.Dropout, not the Transformer's MaskDropout: a different mask stream here would change every
+        # backbone's seeded results (the no-argument run, the comparison grid's cells) for ~0.6% of a step.
         self.embed_dropout = nn.Dropout(c.dropout)
         self.backbone = make_backbone(backbone_name, hidden_dim, hidden_dim, num_layers, **c.backbone_options)
         self.backbone_name = backbone_name

@@ -12,7 +12,14 @@ from recurrl.policies.backbones import (
     make_backbone,
     mask_state,
 )
-from recurrl.policies.backbones.base import run_dropout, run_embedding, run_layer_norm, run_linear
+from recurrl.policies.backbones.base import (
+    MaskDropout,
+    mask_dropout,
+    run_dropout,
+    run_embedding,
+    run_layer_norm,
+    run_linear,
+)
 
 NAMES = sorted(BACKBONES)
 D_IN, HIDDEN = 5, 16
@@ -173,6 +180,36 @@ def test_functional_calls_equal_the_module_calls():
     got = run_dropout(drop.train(), x)
     torch.manual_seed(1)
     assert torch.equal(got, drop(x))
+
+
+def test_mask_dropout_is_seeded_inverted_dropout_with_the_mask_in_backward():
+    x = torch.rand(200, 500) + 0.5  # no zeros: a zero output means a dropped entry
+    x.requires_grad_(True)
+    torch.manual_seed(3)
+    y = mask_dropout(x, 0.2)
+    for drop in (MaskDropout(0.2).train(), lambda t: run_dropout(MaskDropout(0.2).train(), t)):
+        torch.manual_seed(3)
+        assert torch.equal(drop(x), y)  # seeded: the same draws again
+    kept = y != 0
+    assert abs(kept.double().mean().item() - 0.8) < 0.01  # keep probability 1 - p
+    torch.testing.assert_close(y[kept], x[kept] / 0.8)  # kept entries scaled by 1 / (1 - p)
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, kept.float() / 0.8)  # the gradient goes through the same mask
+    assert MaskDropout(0.2).eval()(x) is x and MaskDropout(0.0).train()(x) is x
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_transformer_dropout_attention_equals_sdpa_without_the_dropout(heads):
+    """The training-with-attention-dropout path computes what SDPA computes, up to the dropout."""
+    model = make_backbone("transformer", D_IN, HIDDEN, 1, n_heads=heads, dropout=0.0).double()
+    generator = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(3, heads, 9, HIDDEN // heads, dtype=torch.float64, generator=generator) for _ in range(3))
+    allowed = (torch.rand(3, 1, 9, 9, generator=generator) < 0.5) | torch.eye(9, dtype=torch.bool)
+    allowed &= torch.ones(9, 9, dtype=torch.bool).tril()
+    for mask in (None, allowed):
+        got = model._dropout_attention(q, k, v, model._causal_bias(mask, 9, q))
+        want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        torch.testing.assert_close(got, want)
 
 
 class _Double(torch.nn.Module):

@@ -2,9 +2,10 @@
 
 Both train on the same dataset in one process, one thread, interleaved rounds (medians): width 128,
 3 layers, 1 head, triple tokens, batch 64, K=20, dropout 0.1 on embeddings, attention and residuals,
-AdamW with weight decay 1e-4 and gradient clipping 0.25. A step is what each library's own training
-loop does per optimizer step: ours `DecisionTrainer.train_step()` (sample + forward + backward + AdamW),
-d3rlpy's `sample_trajectory_batch` + `update` (the body of its `fit`).
+a GELU MLP (DT's; d3rlpy defaults to ReLU, so it is set), AdamW with weight decay 1e-4 and gradient
+clipping 0.25. A step is what each library's own training loop does per optimizer step: ours
+`DecisionTrainer.train_step()` (sample + forward + backward + AdamW), d3rlpy's `sample_trajectory_batch`
++ `update` (the body of its `fit`).
 
 `recurrl bench decision d3rlpy` runs it. d3rlpy is not a dependency (it pins gymnasium 1.0): install it
 for this benchmark only, e.g.
@@ -46,8 +47,9 @@ def our_trainer(dataset: Any, runs_dir: str, dropout: float = DT_DROPOUT):
     return DecisionTrainer(config, dataset, show_progress=False)
 
 
-def d3rlpy_algo(dataset: Any, dropout: float = DT_DROPOUT):
-    """d3rlpy's DT as its reproduction script configures it, on our episodes -> (algo, its replay buffer)."""
+def d3rlpy_algo(dataset: Any, dropout: float = DT_DROPOUT, activation: str = "gelu"):
+    """d3rlpy's DT as its reproduction script configures it, on our episodes -> (algo, its replay buffer).
+    `activation` is its MLP's: GELU by default, as DT (GPT-2) and our backbone; d3rlpy's own default is ReLU."""
     import d3rlpy
 
     observations = np.concatenate([e.observations for e in dataset.episodes])
@@ -72,6 +74,7 @@ def d3rlpy_algo(dataset: Any, dropout: float = DT_DROPOUT):
         attn_dropout=dropout,
         resid_dropout=dropout,
         embed_dropout=dropout,
+        activation_type=activation,
     ).create(device="cpu:0")
     # One short fit builds the network and fits the scalers the way d3rlpy's own loop does.
     algo.fit(replay, n_steps=2, n_steps_per_epoch=2, show_progress=False, save_interval=10**9,
@@ -79,7 +82,9 @@ def d3rlpy_algo(dataset: Any, dropout: float = DT_DROPOUT):
     return algo, replay
 
 
-def bench_vs_d3rlpy(dataset_id: str, steps: int, rounds: int, dropout: float = DT_DROPOUT) -> dict[str, Any]:
+def bench_vs_d3rlpy(
+    dataset_id: str, steps: int, rounds: int, dropout: float = DT_DROPOUT, d3rlpy_activation: str = "gelu"
+) -> dict[str, Any]:
     from recurrl.agents.decision.trainer import load_training_dataset
 
     torch.set_num_threads(1)
@@ -87,7 +92,7 @@ def bench_vs_d3rlpy(dataset_id: str, steps: int, rounds: int, dropout: float = D
     runs_dir = tempfile.mkdtemp(prefix="recurrl-d3rlpy-")
     try:
         ours = our_trainer(dataset, runs_dir, dropout)
-        algo, replay = d3rlpy_algo(dataset, dropout)
+        algo, replay = d3rlpy_algo(dataset, dropout, d3rlpy_activation)
 
         def theirs_step() -> None:
             algo.update(replay.sample_trajectory_batch(DT_BATCH, length=DT_K))
@@ -103,6 +108,7 @@ def bench_vs_d3rlpy(dataset_id: str, steps: int, rounds: int, dropout: float = D
                 "batch": DT_BATCH,
                 "K": DT_K,
                 "dropout": dropout,
+                "activation": {"recurrl": "gelu", "d3rlpy": d3rlpy_activation},
                 "tokens": "triple",
                 "threads": 1,
                 "steps_per_round": steps,
