@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -154,6 +155,18 @@ def test_summary_marks_the_best_and_needs_every_task_for_the_mean():
         {"n": 2, "mean": 15.0, "std": 7.0710678, "se": 5.0}
     )
     assert summary["mean_over_tasks"] == {"x": 10.0, "y": None}  # y has no cell on task b
+
+
+def test_paired_differences_use_only_pairs_both_backbones_have():
+    # x - y on (a, 0): 10 - 30, (b, 0): 5 - 1, (b, 1): 8 - 4; (a, 1) has no y and is left out.
+    cells = [("a", "x", 0, 10.0), ("a", "x", 1, 20.0), ("a", "y", 0, 30.0), ("b", "x", 0, 5.0), ("b", "y", 0, 1.0),
+             ("b", "x", 1, 8.0), ("b", "y", 1, 4.0)]  # fmt: skip
+    rows = [{"kind": "offline", "task": t, "backbone": b, "seed": s, "last_stateful_score": v, "last_window_score": v,
+             "best_stateful_score": v, "dataset_score": 10.0} for t, b, s, v in cells]  # fmt: skip
+    paired = summarize(rows)["paired"]["y"]
+    diffs = [-20.0, 4.0, 4.0]
+    assert paired["pairs"] == 3 and paired["mean"] == pytest.approx(sum(diffs) / 3)
+    assert paired["se"] == pytest.approx(statistics.stdev(diffs) / 3**0.5)
 
 
 @pytest.mark.slow

@@ -90,6 +90,7 @@ def summarize(rows: list[dict[str, Any]], tasks: list[str] | None = None, backbo
         keys = ["parameters", "env_steps_per_s"] if online else ["parameters", "train_steps_per_s", "tick_latency_us"]
         cost[backbone] = {k: _median([r.get(k) for r in mine]) for k in [*keys, "peak_rss_mib", "wall_time_s"]}
     dataset_scores = {t: _median([r.get("dataset_score") for r in rows if r["task"] == t]) for t in tasks}
+    paired = {} if online or not backbones else paired_differences(rows, backbones, metrics[0])
     return {
         "kind": "online" if online else "offline",
         "tasks": tasks,
@@ -97,10 +98,44 @@ def summarize(rows: list[dict[str, Any]], tasks: list[str] | None = None, backbo
         "metrics": metrics,
         "cells": cells,
         "mean_over_tasks": over_tasks,
+        "paired": paired,
         "cost": cost,
         "dataset_scores": dataset_scores,
         "num_cells": len(rows),
     }
+
+
+def paired_differences(rows: list[dict[str, Any]], backbones: list[str], metric: str) -> dict[str, Any]:
+    """The first backbone against each other one, paired by (dataset, seed): the mean of first - other over
+    the pairs both have, and its standard error (sd of the differences / sqrt(pairs)). Pairing removes what
+    a dataset or a seed does to every backbone alike, so this is the noise bound for "within noise"."""
+    value = {(r["task"], r["seed"], r["backbone"]): r.get(metric) for r in rows}
+    first, out = backbones[0], {}
+    for other in backbones[1:]:
+        diffs = [
+            value[(t, s, first)] - v
+            for (t, s, b), v in value.items()
+            if b == other and v is not None and value.get((t, s, first)) is not None
+        ]
+        if len(diffs) >= 2:
+            d = np.array(diffs, dtype=np.float64)
+            out[other] = {"pairs": len(d), "mean": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(len(d)))}
+    return out
+
+
+def _paired_table(summary: dict[str, Any]) -> list[str]:
+    first = summary["backbones"][0]
+    lines = [f"## {first} against each backbone, paired by dataset and seed", "",
+             f"Mean of ({first} - backbone) over the (dataset, seed) pairs both have, with its standard error; "
+             "within noise where the difference is under two standard errors.", "",
+             f"| backbone | pairs | {first} - backbone | standard error | reading |", "|---|---|---|---|---|"]  # fmt: skip
+    for other, p in summary["paired"].items():
+        if abs(p["mean"]) < 2 * p["se"]:
+            reading = "within noise"
+        else:
+            reading = f"{first} {'higher' if p['mean'] > 0 else 'lower'}"
+        lines.append(f"| {other} | {p['pairs']} | {p['mean']:+.1f} | {p['se']:.1f} | {reading} |")
+    return [*lines, ""]
 
 
 def _median(values: list[Any]) -> float | None:
@@ -147,6 +182,8 @@ def write_markdown(summary: dict[str, Any], path: Path, title: str) -> None:
             row = ["mean over tasks"] + ([] if online else [""]) + [_fmt(means[b]) for b in summary["backbones"]]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+    if summary.get("paired"):
+        lines += _paired_table(summary)
     if not online and not summary["metrics"][0].endswith("score"):
         lines += ["Some datasets have no reference scores: the tables show raw returns.", ""]
     if online:
