@@ -18,6 +18,7 @@ import atexit
 import contextlib
 import datetime
 import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -110,6 +111,10 @@ class Distributed:
             if isinstance(error, DistributedError) or not _communication_error(error):
                 raise  # this process's own error (out of memory, a bug): as it is
             detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+            # torchrun SIGTERMs the surviving ranks as soon as one dies, often while this error unwinds past
+            # the run loop's stop handler: without this the rank dies before it says why and where to resume.
+            with contextlib.suppress(ValueError):  # only the main thread may set handlers
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             raise DistributedError(
                 f"rank {self.rank}: {what} failed: another process of the run died, hangs or cannot be "
                 f"reached ({detail})"
