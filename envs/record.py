@@ -101,30 +101,18 @@ class Collection:
 
         return [
             EpisodeBuffer(id=i, observations=o, actions=a, rewards=r, terminations=te, truncations=tr)
-            for i, (o, a, r, te, tr) in enumerate(
-                zip(
-                    self.observations,
-                    self.actions,
-                    self.rewards,
-                    self.terminations,
-                    self.truncations,
-                    strict=True,
-                )
-            )
+            for i, (o, a, r, te, tr) in enumerate(self._episode_arrays())
         ]
+
+    def _episode_arrays(self) -> Any:
+        """(observations, actions, rewards, terminations, truncations) per recorded episode."""
+        return zip(self.observations, self.actions, self.rewards, self.terminations, self.truncations, strict=True)
 
     def to_offline_dataset(self, name: str, **kwargs: Any) -> OfflineDataset:
         env = gym.make(self.env_id)
         episodes = [
             Episode(o[:-1], a, r, te, tr, final_observation=o[-1])
-            for o, a, r, te, tr in zip(
-                self.observations,
-                self.actions,
-                self.rewards,
-                self.terminations,
-                self.truncations,
-                strict=True,
-            )
+            for o, a, r, te, tr in self._episode_arrays()
         ]
         return OfflineDataset(name, episodes, self.env_id, env.observation_space, env.action_space, **kwargs)
 

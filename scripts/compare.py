@@ -118,8 +118,9 @@ def run(args: argparse.Namespace) -> int:
     if finished:
         write_reports(grid.out, grid.tasks, grid.backbones)
         print(f"reports: {grid.out / 'summary.md'}, {grid.out / 'summary.png'}, {grid.out / 'results.csv'}")
-    if ran.overhead_line():
-        print(ran.overhead_line())
+    overhead = ran.overhead_line()
+    if overhead:
+        print(overhead)
     if failed:
         print(f"{len(failed)} cell(s) failed (re-run the same command to retry them):")
         for cell, why in failed:
