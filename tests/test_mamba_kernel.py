@@ -95,6 +95,37 @@ def test_scan_equals_mambapy_forward_and_gradients_fp64(batch, length, inner, n_
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, msg=name)
 
 
+def test_scan_leaves_its_inputs_untouched_even_an_h0_that_is_a_transposed_view():
+    """The kernel keeps the state as [B, N, E]; an h0 that is a transposed view of a [B, N, E] tensor
+    is already in that layout, and once had its storage reused as the output (overwritten with h_T)."""
+    inputs, starts = _scan_inputs(2, 9, 8, 4)
+    inputs[6] = inputs[6].transpose(1, 2).contiguous().transpose(1, 2)  # h0 [B, E, N], a view of [B, N, E]
+    before = [t.clone() for t in inputs]
+    y, h_last = _scan(inputs, starts)
+    for name, got, want in zip(NAMES, inputs, before, strict=True):
+        assert torch.equal(got, want), f"{name} was modified"
+    want_y, want_h = _scan(before, starts, "mambapy")
+    torch.testing.assert_close(y, want_y, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(h_last, want_h, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("use", ["y", "h_T"])
+def test_scan_gradients_when_one_output_is_unused(use):
+    """Training ignores h_T (and a state-only loss would ignore y): the unused output's gradient reaches
+    the kernel as None, and the gradients still equal the reference's."""
+    inputs, starts = _scan_inputs(2, 2 * CHUNK + 3, 8, 4)
+    grads = {}
+    for backend in ("numba", "mambapy"):
+        leaves = [t.detach().clone().requires_grad_() for t in inputs]
+        y, h_last = _scan(leaves, starts, backend)
+        (y if use == "y" else h_last).pow(2).sum().backward()
+        grads[backend] = [leaf.grad for leaf in leaves]
+    for name, got, want, leaf in zip(NAMES, grads["numba"], grads["mambapy"], inputs, strict=True):
+        assert got is not None, name
+        want = torch.zeros_like(leaf) if want is None else want  # C, D, z reach only y: no graph to h_T
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, msg=name)
+
+
 def test_scan_fp32_is_close_to_the_fp64_reference():
     inputs, starts = _scan_inputs(3, 50, 32, 16)
     kernel = _run("numba", [t.float() for t in inputs], starts)

@@ -113,7 +113,7 @@ class MambaBackbone(Backbone):
         for i, layer in enumerate(self.layers):
             mixed, conv_state, ssm_state = self._mixer_forward(
                 layer.mixer,
-                layer.norm(h),
+                _rms_norm(layer.norm, h),
                 state[0][:, i],
                 state[1][:, i],
                 episode_starts,
@@ -123,7 +123,7 @@ class MambaBackbone(Backbone):
             h = h + mixed
             conv_states.append(conv_state.to(state[0].dtype))
             ssm_states.append(ssm_state.to(state[1].dtype))
-        return self.norm_f(h), (torch.stack(conv_states, dim=1), torch.stack(ssm_states, dim=1))
+        return _rms_norm(self.norm_f, h), (torch.stack(conv_states, dim=1), torch.stack(ssm_states, dim=1))
 
     def _mixer_forward(
         self,
@@ -136,7 +136,7 @@ class MambaBackbone(Backbone):
         use_kernel: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """u: [B, T, H]; conv_state [B, ED, K-1]; ssm_state [B, ED, N] -> (out [B, T, H], conv, ssm)."""
-        xc, z = mixer.in_proj(u).chunk(2, dim=-1)  # [B, T, ED] each
+        xc, z = _in_proj_halves(mixer.in_proj, u)  # [B, T, ED] each
         carried = conv_state.transpose(1, 2).to(xc.dtype)  # [B, K-1, ED]: the last K-1 inputs, oldest first
         xs = conv_silu(
             xc, carried, mixer.conv1d.weight[:, 0, :], mixer.conv1d.bias, starts, self.scan
@@ -260,6 +260,23 @@ def _dt_proj_weight(layer: nn.Linear, dt: Tensor) -> Tensor:
         if cpu and torch.is_grad_enabled()
         else F.linear(dt, layer.weight)
     )
+
+
+def _in_proj_halves(layer: nn.Linear, u: Tensor) -> tuple[Tensor, Tensor]:
+    """mambapy's in_proj(u).chunk(2) as two matmuls on the weight's halves: u [..., H] -> xc, z [..., ED].
+    The same products, but each half comes out contiguous; chunk's halves are strided views, which the
+    CPU kernels copy (twice each per training step) before reading."""
+    half = layer.out_features // 2
+    bias = layer.bias
+    xc = F.linear(u, layer.weight[:half], None if bias is None else bias[:half])
+    z = F.linear(u, layer.weight[half:], None if bias is None else bias[half:])
+    return xc, z
+
+
+def _rms_norm(norm: RMSNorm, x: Tensor) -> Tensor:
+    """mambapy's RMSNorm (x * rsqrt(mean(x^2) + eps) * weight) as torch's one fused op: x [..., H]."""
+    weight = None if norm.use_mup else norm.weight
+    return F.rms_norm(x, (x.shape[-1],), weight, norm.eps)
 
 
 def _check_options(d_state: int, d_conv: int, expand: int) -> None:

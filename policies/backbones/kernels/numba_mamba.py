@@ -278,8 +278,12 @@ class NumbaSelectiveScan(torch.autograd.Function):
         starts: Tensor,
     ) -> tuple[Tensor, Tensor]:
         k = _kernel_layout(x, delta, a, b, c, d, z, delta_bias, starts)
-        h_last = h0.detach().transpose(1, 2).contiguous()  # [B, N, E]; h0 on entry, h_T on return
         batch, length, inner = k["x"].shape
+        # [B, N, E]: h0 on entry, h_T on return. A new buffer, never h0's own storage (an h0 passed as a
+        # transposed view of a [B, N, E] tensor would make `.contiguous()` return it and be overwritten).
+        h_last = x.new_empty((batch, a.shape[1], inner), dtype=k["x"].dtype).copy_(
+            h0.detach().transpose(1, 2)
+        )
         n_state = a.shape[1]
         # No backward to come (no_grad, inference): no checkpoints.
         rows = batch if any(ctx.needs_input_grad) else 0
@@ -292,37 +296,70 @@ class NumbaSelectiveScan(torch.autograd.Function):
         )
         # The inputs themselves, not detached copies: a double backward differentiates through them.
         ctx.save_for_backward(x, delta, a, b, c, d, h0, z, delta_bias, starts, ckpt)
-        return y, h_last.transpose(1, 2).contiguous()
+        # Reused by backward rather than rebuilt (~30 us of torch calls; the wrapper costs ~130 us a
+        # call at any size). saved_tensors is still unpacked there, so in-place edits still raise.
+        ctx.kernel_args = k
+        # Unused outputs get None, not a tensor of zeros, in backward (training ignores h_T).
+        ctx.set_materialize_grads(False)
+        return y, h_last.transpose(1, 2)  # [B, E, N], a view: callers stack or copy it anyway
 
     @staticmethod
-    def backward(ctx: Any, dout: Tensor, dh_last: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, dout: Tensor | None, dh_last: Tensor | None) -> tuple[Tensor | None, ...]:
         x, delta, a, b, c, d, h0, z, delta_bias, starts, ckpt = ctx.saved_tensors
+        dout = torch.zeros_like(x) if dout is None else dout
         if torch.is_grad_enabled():
             # create_graph=True (double backward): the kernel's backward is not differentiable, the
             # loop reference's is. Same gradients.
             from .selective_scan import selective_scan_loop
 
             inputs = (x, delta, a, b, c, d, h0, z, delta_bias)
-            return reference_backward(ctx, selective_scan_loop, inputs, (starts,), (dout, dh_last))
-        k = _kernel_layout(x, delta, a, b, c, d, z, delta_bias, starts)
-        batch, length, inner = k["x"].shape
-        n_state = a.shape[1]
-        chunks = row_chunks(batch, length * inner * n_state)
-        dx, ddelta, dz = (torch.empty_like(k["x"]) for _ in range(3))
-        db, dc = torch.empty_like(k["b"]), torch.empty_like(k["c"])
-        carry = dh_last.transpose(1, 2).contiguous().clone()  # [B, N, E]: d h_T in, d h0 out
-        # Summed over rows: one partial sum per row range, added up after.
-        da_t, dd, dbias = (k[name].new_zeros((len(chunks), *k[name].shape)) for name in ("a_t", "d", "d"))
-        shared = (k["a_t"], k["a2"], k["d"], k["bias"], delta_bias is not None, z is not None)
-        inputs = [k["x"], k["delta"], k["z"], k["b"], k["c"], k["starts"], ckpt, dout.contiguous()]
-        calls = row_calls(
-            scan_backward, shared, [*inputs, dx, ddelta, dz, db, dc, carry], [da_t, dd, dbias], chunks
+            dh = torch.zeros_like(h0) if dh_last is None else dh_last
+            return reference_backward(ctx, selective_scan_loop, inputs, (starts,), (dout, dh))
+        return _kernel_backward(
+            ctx, ctx.kernel_args, ckpt, z is not None, delta_bias is not None, dout, dh_last
         )
-        run_parallel(calls)
-        grad_z = dz if z is not None else None
-        grad_bias = dbias.sum(0) if delta_bias is not None else None
-        grads = (dx, ddelta, da_t.sum(0).t(), db, dc, dd.sum(0), carry.transpose(1, 2), grad_z, grad_bias)
-        return (*grads, None)
+
+
+def _kernel_backward(
+    ctx: Any,
+    k: dict[str, Any],
+    ckpt: Tensor,
+    gated: bool,
+    softplus: bool,
+    dout: Tensor,
+    dh_last: Tensor | None,
+) -> tuple[Tensor | None, ...]:
+    """`NumbaSelectiveScan.backward` on the compiled kernel: k the forward's `_kernel_layout`, ckpt its
+    checkpoints; dout [B, T, E]; dh_last [B, E, N] or None."""
+    batch, length, inner = k["x"].shape
+    n_state = k["a_t"].shape[0]
+    chunks = row_chunks(batch, length * inner * n_state)
+    dx, ddelta, dz = (torch.empty_like(k["x"]) for _ in range(3))
+    db, dc = torch.empty_like(k["b"]), torch.empty_like(k["c"])
+    carry = k["x"].new_zeros((batch, n_state, inner))  # [B, N, E]: d h_T in, d h0 out
+    if dh_last is not None:
+        carry.copy_(dh_last.transpose(1, 2))
+    # Summed over rows: one partial sum per row range, added up after.
+    da_t, dd, dbias = (k[name].new_zeros((len(chunks), *k[name].shape)) for name in ("a_t", "d", "d"))
+    shared = (k["a_t"], k["a2"], k["d"], k["bias"], softplus, gated)
+    inputs = [k["x"], k["delta"], k["z"], k["b"], k["c"], k["starts"], ckpt, dout.contiguous()]
+    calls = row_calls(
+        scan_backward, shared, [*inputs, dx, ddelta, dz, db, dc, carry], [da_t, dd, dbias], chunks
+    )
+    run_parallel(calls)
+    wants = ctx.needs_input_grad
+    grads = (
+        dx,
+        ddelta,
+        da_t.sum(0).t() if wants[2] else None,
+        db,
+        dc,
+        dd.sum(0) if wants[5] else None,
+        carry.transpose(1, 2) if wants[6] else None,
+        dz if gated else None,
+        dbias.sum(0) if softplus and wants[8] else None,
+    )
+    return (*grads, None)
 
 
 def _kernel_layout(

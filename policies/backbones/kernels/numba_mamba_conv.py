@@ -122,6 +122,7 @@ class NumbaConvSilu(torch.autograd.Function):
         chunks = row_chunks(xc.shape[0], xc.shape[1] * xc.shape[2] * w_t.shape[0])
         run_parallel(row_calls(conv_forward, (w_t, biask), [xck, statek, startsk, out], [], chunks))
         ctx.save_for_backward(xc, state, weight, bias, starts)  # not detached: see reference_backward
+        ctx.kernel_args = (xck, statek, w_t, biask, startsk)  # reused by backward (as in numba_mamba.py)
         return out
 
     @staticmethod
@@ -131,7 +132,7 @@ class NumbaConvSilu(torch.autograd.Function):
             from .selective_scan import conv_silu_torch
 
             return reference_backward(ctx, conv_silu_torch, (xc, state, weight, bias), (starts,), (dout,))
-        xck, statek, w_t, biask, startsk = _kernel_layout(xc, state, weight, bias, starts)
+        xck, statek, w_t, biask, startsk = ctx.kernel_args
         batch, length, inner = xck.shape
         chunks = row_chunks(batch, length * inner * w_t.shape[0])
         dxc, dstate = torch.zeros_like(xck), torch.zeros_like(statek)
