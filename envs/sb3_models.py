@@ -148,7 +148,7 @@ def load_sb3_policy(
     VecNormalize file `vecnormalize` (read data-only, as the zoo's) when given."""
     from recurrl.envs.behavior import load_obs_normalizer
 
-    model = load_sb3_model(path, algo)
+    model = _model(path, algo)
     env = gym.make(env_id)
     obs_space, act_space = env.observation_space, env.action_space
     env.close()
@@ -172,5 +172,20 @@ def load_sb3_policy(
 def sb3_policy_factory(path: str | Path, algo: str | None, vecnormalize: str | Path | None) -> Any:
     """A picklable `factory(env_id, num_envs=, noise=, seed=)` for envs.record (worker processes build
     their own copy); checked once here so bad input fails before any worker starts."""
-    load_sb3_model(path, algo)
+    _model(path, algo)
     return functools.partial(load_sb3_policy, str(path), algo=algo, vecnormalize=vecnormalize)
+
+
+def _model(path: str | Path, algo: str | None) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--policy {str(path)!r}: no such file")
+    return _cached_model(str(path), algo, path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_model(path: str, algo: str | None, mtime_ns: int) -> Any:
+    """`load_sb3_model`, once per file version and process: the factory's check and the policy built in
+    this process (or in forked workers, which inherit the cache) share one unpickled model, read-only
+    (`predict` does not change it). mtime_ns is part of the key: a rewritten zip is read again."""
+    return load_sb3_model(path, algo)

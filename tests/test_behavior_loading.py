@@ -57,7 +57,8 @@ class _Payload:
 
 @needs_zoo
 def test_zoo_policy_loads_with_no_pickle_and_weights_only(monkeypatch: pytest.MonkeyPatch, private_cache: Path):
-    import torch
+    import cloudpickle  # noqa: F401  (binds `loads = pickle.loads` on import: import it before the patch,
+    import torch  # or a first import under the patch would keep `refuse` for every later test)
 
     def refuse(*args, **kwargs):
         raise AssertionError("pickle.load/loads called while loading a behavior policy")

@@ -3,6 +3,7 @@ PPO checkpoints (state carried per env), and reference scores given on the comma
 
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 
@@ -99,6 +100,28 @@ def test_collect_from_an_sb3_zip_with_vecnormalize(tmp_path: Path, pendulum_sb3:
     np.testing.assert_allclose(episode.actions[:20], expected, atol=1e-5)
     raw, _ = model.predict(episode.observations[:20], deterministic=True)
     assert not np.allclose(raw, expected, atol=1e-3)
+
+
+def test_sb3_zip_is_unpickled_once_per_process(
+    tmp_path: Path, pendulum_sb3: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The factory's up-front check and the policy built in the same process share one load; a rewritten
+    zip is read again."""
+    from recurrl.envs import sb3_models
+
+    real, loads = sb3_models.load_sb3_model, []
+    monkeypatch.setattr(sb3_models, "load_sb3_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    sb3_models._cached_model.cache_clear()
+    zip_path = tmp_path / "model.zip"
+    zip_path.write_bytes(pendulum_sb3[0].read_bytes())
+    factory = sb3_models.sb3_policy_factory(zip_path, None, None)
+    factory("Pendulum-v1", num_envs=1)
+    factory("Pendulum-v1", num_envs=1)
+    assert len(loads) == 1
+    stat = zip_path.stat()
+    os.utime(zip_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    factory("Pendulum-v1", num_envs=1)
+    assert len(loads) == 2
 
 
 def test_sb3_zip_errors_are_one_line(
