@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from recurrl.agents.compare.report import summarize
+from recurrl.agents.compare.report import fill_train_loss, summarize, write_markdown
 from recurrl.scripts.cli import main
 
 # A few seconds per cell: tiny model, short training, 2 evaluation episodes.
@@ -45,12 +45,13 @@ def test_offline_grid_end_to_end(tmp_path: Path, tiny_hopper_dataset_path: Path,
         assert row["steps"] == "40"
         for key in ("last_stateful_score", "last_window_score", "best_stateful_score", "train_steps_per_s",
                     "tick_latency_us", "peak_rss_mib", "wall_time_s", "measure_time_s", "parameters",
-                    "dataset_score"):  # fmt: skip
+                    "dataset_score", "final_train_loss"):  # fmt: skip
             assert float(row[key]) == float(row[key]), key  # present and not NaN
         assert float(row["peak_rss_mib"]) > 50 and float(row["tick_latency_us"]) > 0
         assert Path(row["run_dir"], "results.json").is_file()  # each cell is an ordinary train run
     md = (out / "summary.md").read_text()
     assert "| dataset | data | mingru | lstm |" in md and "mean over tasks" in md and "**" in md
+    assert "## Training loss (mean of train/loss over the last quarter of the steps" in md
     assert (out / "summary.png").stat().st_size > 10_000
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cells"][f"{data}|mingru"]["last_stateful_score"]["n"] == 2
@@ -196,3 +197,28 @@ def test_killed_grid_resumes_without_rerunning_finished_cells(tmp_path, tiny_hop
     assert len(rows) == 2 and all(r["steps"] == "400" for r in rows)
     attempts = json.loads(next((out / "cells").glob("*__gru__s0.attempts.json")).read_text())
     assert attempts[-1]["resumed"] is True
+
+
+def test_loss_table_bolds_the_lowest_and_old_cells_get_the_loss_from_their_run(tmp_path: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "runs" / "a__x__s0"
+    with SummaryWriter(str(run)) as writer:
+        for step in range(10, 110, 10):  # 10 .. 100: the last quarter is steps 80, 90, 100
+            writer.add_scalar("train/loss", float(step), step)
+    (tmp_path / "cells").mkdir()
+    old = {"kind": "offline", "task": "a", "backbone": "x", "seed": 0, "run_dir": str(run)}
+    (tmp_path / "cells" / "a__x__s0.json").write_text(json.dumps(old))
+    rows = [dict(old)]
+    assert fill_train_loss(tmp_path, rows) == 1
+    assert rows[0]["final_train_loss"] == pytest.approx(90.0)
+    assert json.loads((tmp_path / "cells" / "a__x__s0.json").read_text())["final_train_loss"] == pytest.approx(90.0)
+    assert fill_train_loss(tmp_path, rows) == 0  # filled once
+
+    scores = {"last_stateful_score": 1.0, "last_window_score": 1.0, "best_stateful_score": 1.0}
+    rows += [{**old, **scores, "backbone": "y", "final_train_loss": 0.5}, {**old, **scores, "backbone": "z"}]
+    rows[0].update(scores)
+    write_markdown(summarize(rows), tmp_path / "summary.md", "t")
+    md = (tmp_path / "summary.md").read_text()
+    table = md.split("## Training loss")[1].split("##")[0]
+    assert "| a | 90 ± 0 (n=1) | **0.5 ± 0 (n=1)** | – |" in table

@@ -5,7 +5,8 @@
 Offline (Decision) rows: the stateful scores the run wrote (last and best checkpoint), the same
 checkpoints in window mode on the same evaluation episodes (same env seeds), the training steps/s
 (TensorBoard's time/steps_per_sec, measured between evaluations, so evaluation is excluded), the
-model's per-tick `step` latency at batch 1, and the dataset's own average score.
+model's per-tick `step` latency at batch 1, the dataset's own average score, and the final training loss
+(train/loss over the last quarter of the steps; online rows too).
 Online (PPO) rows: a final deterministic evaluation of the last checkpoint, the first env step at
 which the periodic evaluation reached the env's reward threshold, and env steps/s.
 """
@@ -24,16 +25,37 @@ import torch
 from recurrl.agents.checkpoint import write_json_atomic
 
 TICKS, ROUNDS = 200, 5
+LOSS_TAG = "train/loss"  # both trainers log it (the run loop averages it over each logging window)
+
+
+def _scalars(run_dir: Path, tag: str) -> list[Any]:
+    """The TensorBoard scalar events of `tag` in run_dir (all of them), [] when it has none."""
+    import logging
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # A resumed run's log has steps out of order; the reader's warning about it is not news here.
+    logging.getLogger("tensorboard").setLevel(logging.ERROR)
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return list(events.Scalars(tag)) if tag in events.Tags().get("scalars", []) else []
 
 
 def median_scalar(run_dir: Path, tag: str) -> float | None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    values = [e.value for e in _scalars(run_dir, tag)]
+    return float(statistics.median(values)) if values else None
 
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    if tag not in events.Tags().get("scalars", []):
+
+def final_train_loss(run_dir: Path, fraction: float = 0.25) -> float | None:
+    """Mean of train/loss over the last `fraction` of the run's steps: how closely the model fits its data
+    at the end. Read next to the score, it tells a backbone that cannot fit the data from one that fits it
+    and still acts badly."""
+    events = _scalars(run_dir, LOSS_TAG)
+    if not events:
         return None
-    return float(statistics.median(e.value for e in events.Scalars(tag)))
+    last = events[-1].step
+    values = [e.value for e in events if e.step > last * (1 - fraction)] or [events[-1].value]
+    return float(np.mean(values))
 
 
 @torch.no_grad()
@@ -90,6 +112,7 @@ def measure_decision(run_dir: Path, episodes: int | None) -> dict[str, Any]:
             row["dataset_score"] = None if dataset_score is None else float(dataset_score[0])
             row["tick_latency_us"] = tick_latency_us(model, k)
     row["train_steps_per_s"] = results.get("train_steps_per_s") or median_scalar(run_dir, "time/steps_per_sec")
+    row["final_train_loss"] = final_train_loss(run_dir)
     return row
 
 
@@ -115,6 +138,7 @@ def measure_ppo(run_dir: Path, episodes: int | None) -> dict[str, Any]:
         "reward_threshold": threshold,
         "steps_to_threshold": reached[0] if reached else None,
         "env_steps_per_s": results["fps"],
+        "final_train_loss": final_train_loss(run_dir),
     }
 
 

@@ -18,11 +18,13 @@ OFFLINE_COLUMNS = [
     "task", "backbone", "seed", "parameters", "hidden_dim", "steps",
     "last_stateful_score", "last_window_score", "best_stateful_score", "best_window_score",
     "last_stateful_return", "last_window_return", "best_stateful_return", "best_window_return", "best_step",
-    "dataset_score", "train_steps_per_s", "tick_latency_us", "peak_rss_mib", "wall_time_s", "measure_time_s", "run_dir",
+    "dataset_score", "final_train_loss", "train_steps_per_s", "tick_latency_us", "peak_rss_mib", "wall_time_s",
+    "measure_time_s", "run_dir",
 ]  # fmt: skip
 ONLINE_COLUMNS = [
     "task", "backbone", "seed", "parameters", "steps", "final_return", "final_return_std",
-    "reward_threshold", "steps_to_threshold", "env_steps_per_s", "peak_rss_mib", "wall_time_s", "measure_time_s", "run_dir",
+    "reward_threshold", "steps_to_threshold", "final_train_loss", "env_steps_per_s", "peak_rss_mib", "wall_time_s",
+    "measure_time_s", "run_dir",
 ]  # fmt: skip
 # (column, heading) of the quality tables in summary.md, the first is the headline
 OFFLINE_TABLES = [
@@ -30,6 +32,10 @@ OFFLINE_TABLES = [
     ("last_window", "last checkpoint, window (re-encode the last K steps every tick)"),
     ("best_stateful", "best checkpoint (by the periodic evaluation), stateful"),
 ]
+
+
+LOSS = "final_train_loss"  # measure.final_train_loss
+LOSS_WHAT = "train/loss over the last quarter of the steps"
 
 
 def read_rows(out: Path) -> list[dict[str, Any]]:
@@ -74,7 +80,7 @@ def summarize(rows: list[dict[str, Any]], tasks: list[str] | None = None, backbo
             mine = [r for r in rows if r["task"] == task and r["backbone"] == backbone]
             if not mine:
                 continue
-            entry = {m: _stats([r.get(m) for r in mine]) for m in metrics}
+            entry = {m: _stats([r.get(m) for r in mine]) for m in [*metrics, LOSS]}
             entry["seeds"] = sorted(r["seed"] for r in mine)
             if online:
                 entry["steps_to_threshold"] = [r.get("steps_to_threshold") for r in mine]
@@ -147,20 +153,26 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
 
-def _quality_table(summary: dict[str, Any], metric: str, online: bool) -> list[str]:
-    backbones, lines = summary["backbones"], []
-    head = ["task" if online else "dataset"] + ([] if online else ["data"]) + backbones
+def _quality_table(summary: dict[str, Any], metric: str, online: bool, loss: bool = False) -> list[str]:
+    """mean ± std (se, n) per task and backbone, the best in bold: the highest, or the lowest for a loss
+    (in significant digits, without the dataset's own score)."""
+    backbones, lines, data = summary["backbones"], [], not online and not loss
+    head = ["task" if online else "dataset"] + (["data"] if data else []) + backbones
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    sign = -1.0 if loss else 1.0
     for task in summary["tasks"]:
         entries = [summary["cells"].get(f"{task}|{b}", {}).get(metric) for b in backbones]
-        means = [e["mean"] if e and e["mean"] is not None else -math.inf for e in entries]
+        means = [sign * e["mean"] if e and e["mean"] is not None else -math.inf for e in entries]
         best = int(np.argmax(means)) if any(m > -math.inf for m in means) else -1
-        row = [task] + ([] if online else [_fmt(summary["dataset_scores"].get(task))])
+        row = [task] + ([_fmt(summary["dataset_scores"].get(task))] if data else [])
         for i, e in enumerate(entries):
             if not e or e["mean"] is None:
                 row.append("–")
                 continue
-            text = f"{e['mean']:.1f} ± {e['std']:.1f} ({e['se']:.1f}, n={e['n']})"
+            if loss:  # losses differ by orders of magnitude between datasets: significant digits
+                text = f"{e['mean']:.4g} ± {e['std']:.2g} (n={e['n']})"
+            else:
+                text = f"{e['mean']:.1f} ± {e['std']:.1f} ({e['se']:.1f}, n={e['n']})"
             row.append(f"**{text}**" if i == best else text)
         lines.append("| " + " | ".join(row) + " |")
     return lines
@@ -184,6 +196,11 @@ def write_markdown(summary: dict[str, Any], path: Path, title: str) -> None:
         lines.append("")
     if summary.get("paired"):
         lines += _paired_table(summary)
+    if any(c.get(LOSS, {}).get("n") for c in summary["cells"].values()):
+        lines += [f"## Training loss (mean of {LOSS_WHAT}; the lowest in bold)", "",
+                  "How closely each model fits its training data at the end, read next to the scores: a backbone "
+                  "whose loss is as low as the others' but whose score is lower fits the data and acts worse.", ""]  # fmt: skip
+        lines += [*_quality_table(summary, LOSS, online, loss=True), ""]
     if not online and not summary["metrics"][0].endswith("score"):
         lines += ["Some datasets have no reference scores: the tables show raw returns.", ""]
     if online:
@@ -247,8 +264,27 @@ def write_plot(summary: dict[str, Any], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def fill_train_loss(out: Path, rows: list[dict[str, Any]]) -> int:
+    """Cells measured before the loss column existed: read it from their run's TensorBoard log where the
+    run is still there, and write it into the cell file. Returns how many were filled."""
+    from .measure import final_train_loss
+
+    filled = 0
+    for row in rows:
+        run = Path(row.get("run_dir", ""))
+        if LOSS in row or not run.is_dir():
+            continue
+        row[LOSS] = final_train_loss(run)
+        path = out / "cells" / f"{run.name}.json"
+        if path.is_file():
+            write_json_atomic(path, {**json.loads(path.read_text()), LOSS: row[LOSS]})
+            filled += 1
+    return filled
+
+
 def write_reports(out: Path, tasks: list[str] | None = None, backbones: list[str] | None = None) -> dict[str, Any]:
     rows = read_rows(out)
+    fill_train_loss(out, rows)
     order = read_json(out / "grid.json").get("order", {}) if (out / "grid.json").is_file() else {}
     tasks, backbones = tasks or order.get("tasks"), backbones or order.get("backbones")
     if not rows:
