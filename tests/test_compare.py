@@ -156,6 +156,7 @@ def test_summary_marks_the_best_and_needs_every_task_for_the_mean():
         {"n": 2, "mean": 15.0, "std": 7.0710678, "se": 5.0}
     )
     assert summary["mean_over_tasks"] == {"x": 10.0, "y": None}  # y has no cell on task b
+    assert summary["seed_sd"] == pytest.approx({"cells": 1, "sd": 7.0710678})  # only a|x has two seeds
 
 
 def test_paired_differences_use_only_pairs_both_backbones_have():

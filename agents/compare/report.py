@@ -107,8 +107,16 @@ def summarize(rows: list[dict[str, Any]], tasks: list[str] | None = None, backbo
         "paired": paired,
         "cost": cost,
         "dataset_scores": dataset_scores,
+        "seed_sd": pooled_seed_sd(cells, metrics[0]),
         "num_cells": len(rows),
     }
+
+
+def pooled_seed_sd(cells: dict[str, Any], metric: str) -> dict[str, Any] | None:
+    """The seed-to-seed standard deviation of one cell, pooled (root mean square) over the (task, backbone)
+    cells with two or more seeds: how far one seed's number may move, the scale for reading the tables."""
+    sds = [c[metric]["std"] for c in cells.values() if c.get(metric, {}).get("n", 0) >= 2]
+    return {"cells": len(sds), "sd": float(np.sqrt(np.mean(np.square(sds))))} if sds else None
 
 
 def paired_differences(rows: list[dict[str, Any]], backbones: list[str], metric: str) -> dict[str, Any]:
@@ -196,6 +204,10 @@ def write_markdown(summary: dict[str, Any], path: Path, title: str) -> None:
         lines.append("")
     if summary.get("paired"):
         lines += _paired_table(summary)
+    if summary.get("seed_sd"):
+        sd = summary["seed_sd"]
+        lines += [f"Seed-to-seed standard deviation of one cell, pooled over the {sd['cells']} cells with two or more "
+                  f"seeds: {sd['sd']:.1f}.", ""]  # fmt: skip
     if any(c.get(LOSS, {}).get("n") for c in summary["cells"].values()):
         lines += [f"## Training loss (mean of {LOSS_WHAT}; the lowest in bold)", "",
                   "How closely each model fits its training data at the end, read next to the scores: a backbone "
