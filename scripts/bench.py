@@ -178,6 +178,15 @@ def _register_decision(which: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset", default="recurrl/hopper/medium-v0")
     parser.add_argument("--backbones", nargs="+", default=["mingru", "transformer"])
     parser.add_argument("--hidden-dim", type=positive_int, default=128)
+    parser.add_argument(
+        "--widths",
+        nargs="+",
+        type=backbone_width,
+        default=[],
+        metavar="BACKBONE=WIDTH",
+        help="train, tick: another width for some backbones, e.g. the widths `recurrl compare --match-params` "
+        "printed (lstm=60 transformer=52); the others keep --hidden-dim",
+    )
     parser.add_argument("--num-layers", type=positive_int, default=3)
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--context-length", type=positive_int, default=20)
@@ -222,6 +231,14 @@ def _register_decision(which: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_decision)
 
 
+def backbone_width(text: str) -> tuple[str, int]:
+    """'lstm=60' -> ('lstm', 60), for --widths."""
+    name, sep, width = text.partition("=")
+    if not sep or not name or not width.isdigit() or int(width) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected BACKBONE=WIDTH with a positive width, e.g. lstm=60")
+    return name, int(width)
+
+
 def run_decision(args: argparse.Namespace) -> int:
     import torch
 
@@ -229,6 +246,9 @@ def run_decision(args: argparse.Namespace) -> int:
     from recurrl.agents.bench.report import print_json
 
     check_output_file(args.json, "--json")
+    stray = [name for name, _ in args.widths if name not in args.backbones]
+    if stray:
+        raise ValueError(f"--widths names {', '.join(stray)}, not among --backbones ({' '.join(args.backbones)})")
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run(args)

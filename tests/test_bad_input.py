@@ -52,6 +52,8 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("bench-seq-lens-zero", "bench backbones --seq-lens 0,64", ["--seq-lens", "0,64"]),
     ("bench-decision-batch-zero", "bench decision tick --batch 0", ["--batch"]),
     ("bench-decision-width-negative", "bench decision train --hidden-dim -4", ["--hidden-dim"]),
+    ("bench-decision-widths-form", "bench decision train --widths lstm", ["--widths", "BACKBONE=WIDTH"]),
+    ("bench-decision-widths-stray", "bench decision train --widths gru=8", ["--widths", "gru", "--backbones"]),
     ("bench-without-what", "bench", ["WHAT"]),
     ("export-ticks-zero", "export {decision} {root}/p.onnx --ticks 0", ["--ticks"]),
     ("export-target-nan", "export {decision} {root}/p.onnx --target-return nan", ["--target-return"]),

@@ -50,9 +50,12 @@ def test_bench_decision_tick_reports_every_batch_and_the_ratio(capsys):
     import json
 
     args = ["bench", "decision", "tick", "--hidden-dim", "16", "--num-layers", "1", "--context-length", "4"]
+    args += ["--widths", "transformer=8"]  # a width of its own (as --match-params gives it)
     assert main([*args, "--ticks", "3", "--rounds", "1", "--batch", "1", "2", "--threads", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["setup"]["tokens"] == {"mingru": "fused", "transformer": "triple"}
+    assert out["setup"]["widths"] == {"mingru": 16, "transformer": 8}
+    assert out["setup"]["parameters"]["transformer"] < out["setup"]["parameters"]["mingru"]
     for batch in ("batch=1", "batch=2"):
         times = out["median_us_per_tick"][batch]
         assert set(times) == {

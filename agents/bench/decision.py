@@ -74,11 +74,8 @@ def _config(backbone: str, args: argparse.Namespace, tokens: str | None = None) 
         batch_size=args.batch_size,
         device=getattr(args, "device", "auto"),
     )
-    config.model.backbone, config.model.hidden_dim, config.model.num_layers = (
-        backbone,
-        args.hidden_dim,
-        args.num_layers,
-    )
+    width = dict(getattr(args, "widths", None) or []).get(backbone, args.hidden_dim)  # --widths B=W
+    config.model.backbone, config.model.hidden_dim, config.model.num_layers = backbone, width, args.num_layers
     config.model.tokens = tokens or args.tokens or "triple"
     return config
 
@@ -111,6 +108,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
             "steps_per_sec_median": median,
             "rounds": times[name],
             "parameters": trainers[name].model.num_parameters(),
+            "hidden_dim": trainers[name].config.model.hidden_dim,
             "amp": trainers[name].amp,  # bf16 autocast in effect (on a GPU only)
         }
         for name, median in medians(times).items()
@@ -199,6 +197,7 @@ def bench_tick(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "setup": {
             "hidden_dim": args.hidden_dim,
+            "widths": {name: _config(name, args).model.hidden_dim for name in args.backbones},
             "num_layers": args.num_layers,
             "context_length": k,
             "tokens": tokens,
