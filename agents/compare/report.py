@@ -208,7 +208,8 @@ def write_markdown(summary: dict[str, Any], path: Path, title: str) -> None:
         sd = summary["seed_sd"]
         lines += [f"Seed-to-seed standard deviation of one cell, pooled over the {sd['cells']} cells with two or more "
                   f"seeds: {sd['sd']:.1f}.", ""]  # fmt: skip
-    if any(c.get(LOSS, {}).get("n") for c in summary["cells"].values()):
+    # Offline only: PPO's train/loss mixes the policy, value and entropy terms and says little about fit.
+    if not online and any(c.get(LOSS, {}).get("n") for c in summary["cells"].values()):
         lines += [f"## Training loss (mean of {LOSS_WHAT}; the lowest in bold)", "",
                   "How closely each model fits its training data at the end, read next to the scores: a backbone "
                   "whose loss is as low as the others' but whose score is lower fits the data and acts worse.", ""]  # fmt: skip
