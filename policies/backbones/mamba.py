@@ -208,7 +208,7 @@ class MambaBackbone(Backbone):
         conv_states, ssm_states = [], []
         for i, layer in enumerate(self.layers):
             mixer = layer.mixer
-            xc, z = mixer.in_proj(_rms_norm(layer.norm, h)).chunk(2, dim=-1)  # [B, ED] each
+            xc, z = mixer.in_proj(layer.norm(h)).chunk(2, dim=-1)  # [B, ED] each
             window = torch.cat([state[0][:, i].to(xc.dtype), xc.unsqueeze(-1)], dim=-1)  # [B, ED, K]
             xs = F.silu(mixer.conv1d.bias + (window * mixer.conv1d.weight[:, 0, :]).sum(-1))  # [B, ED]
             delta, a, b, c, d = self._ssm_inputs(mixer, xs)
@@ -221,7 +221,7 @@ class MambaBackbone(Backbone):
             h = h + mixer.out_proj(y.to(xs.dtype) * F.silu(z))
             conv_states.append(window[:, :, 1:].to(state[0].dtype))
             ssm_states.append(ssm.to(state[1].dtype))
-        return _rms_norm(self.norm_f, h), (torch.stack(conv_states, dim=1), torch.stack(ssm_states, dim=1))
+        return self.norm_f(h), (torch.stack(conv_states, dim=1), torch.stack(ssm_states, dim=1))
 
     def _build_fused_step(self, device: torch.device) -> Any:
         """numba_mamba_step.MambaStepWeights for this backbone, or a str saying why the step stays eager."""
