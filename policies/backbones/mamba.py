@@ -208,6 +208,8 @@ class MambaBackbone(Backbone):
         conv_states, ssm_states = [], []
         for i, layer in enumerate(self.layers):
             mixer = layer.mixer
+            # mambapy's own RMSNorm here, not torch's fused op: this is the path ONNX export traces, and
+            # opset 17 has no rms_norm (the two gave identical fp32 outputs where compared).
             xc, z = mixer.in_proj(layer.norm(h)).chunk(2, dim=-1)  # [B, ED] each
             window = torch.cat([state[0][:, i].to(xc.dtype), xc.unsqueeze(-1)], dim=-1)  # [B, ED, K]
             xs = F.silu(mixer.conv1d.bias + (window * mixer.conv1d.weight[:, 0, :]).sum(-1))  # [B, ED]
