@@ -178,13 +178,12 @@ def sb3_policy_factory(path: str | Path, algo: str | None, vecnormalize: str | P
 
 def _model(path: str | Path, algo: str | None) -> Any:
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--policy {str(path)!r}: no such file")
-    return _cached_model(str(path), algo, path.stat().st_mtime_ns)
+    mtime_ns = path.stat().st_mtime_ns if path.is_file() else None  # missing: load_sb3_model says so
+    return _cached_model(str(path), algo, mtime_ns)
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_model(path: str, algo: str | None, mtime_ns: int) -> Any:
+def _cached_model(path: str, algo: str | None, mtime_ns: int | None) -> Any:
     """`load_sb3_model`, once per file version and process: the factory's check and the policy built in
     this process (or in forked workers, which inherit the cache) share one unpickled model, read-only
     (`predict` does not change it). mtime_ns is part of the key: a rewritten zip is read again."""

@@ -74,10 +74,15 @@ def _config(backbone: str, args: argparse.Namespace, tokens: str | None = None) 
         batch_size=args.batch_size,
         device=getattr(args, "device", "auto"),
     )
-    width = dict(getattr(args, "widths", None) or []).get(backbone, args.hidden_dim)  # --widths B=W
-    config.model.backbone, config.model.hidden_dim, config.model.num_layers = backbone, width, args.num_layers
+    config.model.backbone, config.model.num_layers = backbone, args.num_layers
+    config.model.hidden_dim = _width(backbone, args)
     config.model.tokens = tokens or args.tokens or "triple"
     return config
+
+
+def _width(backbone: str, args: argparse.Namespace) -> int:
+    """The backbone's width: its --widths entry, else --hidden-dim."""
+    return dict(getattr(args, "widths", None) or []).get(backbone, args.hidden_dim)
 
 
 def bench_train(args: argparse.Namespace) -> dict[str, Any]:
@@ -197,7 +202,7 @@ def bench_tick(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "setup": {
             "hidden_dim": args.hidden_dim,
-            "widths": {name: _config(name, args).model.hidden_dim for name in args.backbones},
+            "widths": {name: _width(name, args) for name in args.backbones},
             "num_layers": args.num_layers,
             "context_length": k,
             "tokens": tokens,

@@ -144,12 +144,15 @@ def _paired_table(summary: dict[str, Any]) -> list[str]:
              "within noise where the difference is under two standard errors.", "",
              f"| backbone | pairs | {first} - backbone | standard error | reading |", "|---|---|---|---|---|"]  # fmt: skip
     for other, p in summary["paired"].items():
-        if abs(p["mean"]) < 2 * p["se"]:
-            reading = "within noise"
-        else:
-            reading = f"{first} {'higher' if p['mean'] > 0 else 'lower'}"
-        lines.append(f"| {other} | {p['pairs']} | {p['mean']:+.1f} | {p['se']:.1f} | {reading} |")
+        lines.append(f"| {other} | {p['pairs']} | {p['mean']:+.1f} | {p['se']:.1f} | {paired_reading(first, p)} |")
     return [*lines, ""]
+
+
+def paired_reading(first: str, paired: dict[str, Any]) -> str:
+    """'within noise' under two standard errors, else '<first> higher' or '<first> lower'."""
+    if abs(paired["mean"]) < 2 * paired["se"]:
+        return "within noise"
+    return f"{first} {'higher' if paired['mean'] > 0 else 'lower'}"
 
 
 def _median(values: list[Any]) -> float | None:
@@ -284,9 +287,9 @@ def fill_train_loss(out: Path, rows: list[dict[str, Any]]) -> int:
 
     filled = 0
     for row in rows:
-        run = Path(row.get("run_dir", ""))
-        if LOSS in row or not run.is_dir():
+        if LOSS in row or not row.get("run_dir") or not Path(row["run_dir"]).is_dir():
             continue
+        run = Path(row["run_dir"])
         row[LOSS] = final_train_loss(run)
         path = out / "cells" / f"{run.name}.json"
         if path.is_file():

@@ -15,6 +15,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from recurrl.agents.compare.report import paired_reading
+
 NAMES = {"mingru": "minGRU", "minlstm": "minLSTM", "lstm": "LSTM", "gru": "GRU", "mamba": "Mamba",
          "transformer": "Transformer", "mlp": "MLP (no memory)"}  # fmt: skip
 
@@ -50,9 +52,11 @@ def offline(folder: Path, summary: dict) -> None:
     print("|---|" + "---|" * len(paired))
     print(f"| {NAMES.get(first, first)} - backbone | " + " | ".join(f"{p['mean']:+.1f} ± {p['se']:.1f}" for _, p in paired) + " |")
     print("| pairs | " + " | ".join(str(p["pairs"]) for _, p in paired) + " |")
-    print("| reading | " + " | ".join(
-        "within noise" if abs(p["mean"]) < 2 * p["se"] else f"{NAMES.get(first, first)} {'higher' if p['mean'] > 0 else 'lower'} ({abs(p['mean']) / p['se']:.1f} se)"
-        for _, p in paired) + " |")  # fmt: skip
+    readings = []
+    for _, p in paired:  # the report's reading, with how many standard errors apart where not within noise
+        reading = paired_reading(NAMES.get(first, first), p)
+        readings.append(reading if reading == "within noise" else f"{reading} ({abs(p['mean']) / p['se']:.1f} se)")
+    print("| reading | " + " | ".join(readings) + " |")
     if summary.get("seed_sd"):
         print(f"\npooled seed-to-seed sd of a cell: {summary['seed_sd']['sd']:.1f} over {summary['seed_sd']['cells']} cells")
 

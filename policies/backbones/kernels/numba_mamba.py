@@ -279,12 +279,10 @@ class NumbaSelectiveScan(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         k = _kernel_layout(x, delta, a, b, c, d, z, delta_bias, starts)
         batch, length, inner = k["x"].shape
+        n_state = a.shape[1]
         # [B, N, E]: h0 on entry, h_T on return. A new buffer, never h0's own storage (an h0 passed as a
         # transposed view of a [B, N, E] tensor would make `.contiguous()` return it and be overwritten).
-        h_last = x.new_empty((batch, a.shape[1], inner), dtype=k["x"].dtype).copy_(
-            h0.detach().transpose(1, 2)
-        )
-        n_state = a.shape[1]
+        h_last = x.new_empty((batch, n_state, inner), dtype=k["x"].dtype).copy_(h0.detach().transpose(1, 2))
         # No backward to come (no_grad, inference): no checkpoints.
         rows = batch if any(ctx.needs_input_grad) else 0
         ckpt = x.new_empty((rows, -(-length // CHUNK), n_state, inner), dtype=k["x"].dtype)
