@@ -95,6 +95,47 @@ def test_scan_equals_mambapy_forward_and_gradients_fp64(batch, length, inner, n_
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, msg=name)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["softplus-gate", "plain"])
+@pytest.mark.parametrize("rank", [1, 3])
+def test_scan_with_the_fused_delta_projection_equals_mambapy_fp64(rank, fused):
+    """delta_weight (Mamba's dt_proj fused as in mamba_inner_fn): delta is the rank-R input, and the
+    gradients of it and of the weight equal the reference's, which forms dt @ W^T itself."""
+    inputs, starts = _scan_inputs(3, 2 * CHUNK + 5, 12, 5)
+    g = torch.Generator().manual_seed(7)
+    dt = torch.randn(3, 2 * CHUNK + 5, rank, dtype=torch.float64, generator=g) * 3
+    weight = torch.randn(12, rank, dtype=torch.float64, generator=g)
+    if not fused:  # no softplus: keep delta > 0, as Mamba's is (a negative one makes the state explode)
+        dt, weight = dt.abs() / 3, weight.abs()
+    results = []
+    for backend in ("numba", "mambapy"):
+        leaves = [t.detach().clone().requires_grad_() for t in [*inputs[:1], dt, *inputs[2:], weight]]
+        z, bias = (leaves[7], leaves[8]) if fused else (None, None)
+        y, h = selective_scan(*leaves[:7], starts, backend, z=z, delta_bias=bias, delta_weight=leaves[9])
+        ((y * y.detach().sin()).sum() + (h * h.detach().cos()).sum()).backward()
+        results.append([y, h] + [leaf.grad for leaf in leaves])
+    names = ["y", "h_T", "dx", "d dt", "dA", "dB", "dC", "dD", "dh0", "dz", "d delta_bias", "d delta_weight"]
+    for name, got, want in zip(names, *results, strict=True):
+        if not fused and name in ("dz", "d delta_bias"):
+            assert got is None and want is None
+            continue
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_scan_without_h0_starts_from_zeros():
+    """h0=None (the backbone's fresh sequences) gives what an explicit zero h0 gives, gradients too."""
+    inputs, starts = _scan_inputs(2, CHUNK + 3, 8, 4)
+    inputs[6] = torch.zeros_like(inputs[6])
+    results = []
+    for h0 in ("zeros", None):
+        leaves = [t.detach().clone().requires_grad_() for t in inputs]
+        args = [*leaves[:6], leaves[6] if h0 == "zeros" else None]
+        y, h = selective_scan(*args, starts, "numba", z=leaves[7], delta_bias=leaves[8])
+        (y.square().sum() + h.sum()).backward()
+        results.append([y, h] + [leaf.grad for i, leaf in enumerate(leaves) if i != 6])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_scan_leaves_its_inputs_untouched_even_an_h0_that_is_a_transposed_view():
     """The kernel keeps the state as [B, N, E]; an h0 that is a transposed view of a [B, N, E] tensor
     is already in that layout, and once had its storage reused as the output (overwritten with h_T)."""
@@ -330,6 +371,11 @@ def test_mismatched_shapes_are_rejected_before_the_kernel():
             _scan(bad, starts)
     with pytest.raises(ValueError, match="episode_starts"):
         _scan(inputs, starts[:, :-1])
+    rank_input = inputs[1][..., :3]  # [B, T, R]
+    with pytest.raises(ValueError, match="delta_weight"):  # the weight's E does not match x's
+        selective_scan(*inputs[:1], rank_input, *inputs[2:7], starts, delta_weight=torch.randn(3, 3).double())
+    with pytest.raises(ValueError, match="delta must have shape"):  # a full delta with a weight
+        selective_scan(*inputs[:7], starts, delta_weight=torch.randn(4, 3).double())
     with pytest.raises(ValueError, match="carried"):
         conv_silu(
             torch.randn(2, 5, 4), torch.randn(2, 2, 4), torch.randn(4, 4), torch.randn(4), starts, "numba"

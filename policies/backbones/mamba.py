@@ -93,11 +93,11 @@ class MambaBackbone(Backbone):
     def _forward(self, x: Tensor, state: State | None, episode_starts: Tensor | None) -> tuple[Tensor, State]:
         # x: [B, T, D_in] -> y [B, T, H]; state (conv [B, L, ED, K-1], ssm [B, L, ED, N])
         batch, length, _ = x.shape
-        if state is None:
-            fresh = True
-            state = self.initial_state(batch, x.device)
+        fresh = state is None
+        if state is None:  # the conv buffer as zeros; the SSM state as None, which the scan starts from
+            conv0, ssm0 = self.initial_state(batch, x.device)[0], None
         else:
-            fresh = False
+            conv0, ssm0 = state
         if episode_starts is None:
             episode_starts = torch.zeros(batch, length, dtype=torch.bool, device=x.device)
         segment = episode_starts.cumsum(dim=1)  # [B, T]: 0 = still the episode carried in `state`
@@ -114,28 +114,33 @@ class MambaBackbone(Backbone):
             mixed, conv_state, ssm_state = self._mixer_forward(
                 layer.mixer,
                 _rms_norm(layer.norm, h),
-                state[0][:, i],
-                state[1][:, i],
+                conv0[:, i],
+                None if ssm0 is None else ssm0[:, i],
                 episode_starts,
                 segment,
                 use_kernel,
             )
             h = h + mixed
-            conv_states.append(conv_state.to(state[0].dtype))
-            ssm_states.append(ssm_state.to(state[1].dtype))
-        return _rms_norm(self.norm_f, h), (torch.stack(conv_states, dim=1), torch.stack(ssm_states, dim=1))
+            conv_states.append(conv_state)
+            ssm_states.append(ssm_state)
+        dtype = conv0.dtype
+        # The CPU kernel's h_T is a transposed view of a [B, N, ED] buffer: stacking those buffers and
+        # transposing the stack back is one contiguous copy, where stacking the views is a strided one.
+        ssm = torch.stack([s.transpose(1, 2) for s in ssm_states], dim=1).transpose(2, 3)
+        return _rms_norm(self.norm_f, h), (torch.stack(conv_states, dim=1).to(dtype), ssm.to(dtype))
 
     def _mixer_forward(
         self,
         mixer: MambaBlock,
         u: Tensor,
         conv_state: Tensor,
-        ssm_state: Tensor,
+        ssm_state: Tensor | None,
         starts: Tensor,
         segment: Tensor,
         use_kernel: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """u: [B, T, H]; conv_state [B, ED, K-1]; ssm_state [B, ED, N] -> (out [B, T, H], conv, ssm)."""
+        """u: [B, T, H]; conv_state [B, ED, K-1]; ssm_state [B, ED, N] (None: zeros) -> (out [B, T, H], conv,
+        ssm)."""
         xc, z = _in_proj_halves(mixer.in_proj, u)  # [B, T, ED] each
         carried = conv_state.transpose(1, 2).to(xc.dtype)  # [B, K-1, ED]: the last K-1 inputs, oldest first
         xs = conv_silu(
@@ -162,18 +167,21 @@ class MambaBackbone(Backbone):
         return delta, -torch.exp(mixer.A_log), b, c, mixer.D
 
     def _selective_scan(
-        self, mixer: MambaBlock, xs: Tensor, z: Tensor, h0: Tensor, starts: Tensor
+        self, mixer: MambaBlock, xs: Tensor, z: Tensor, h0: Tensor | None, starts: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """xs, z: [B, T, ED], h0: [B, ED, N], starts [B, T] -> (y * silu(z) [B, T, ED], h_T [B, ED, N]).
+        """xs, z: [B, T, ED], h0: [B, ED, N] or None (zeros), starts [B, T] -> (y * silu(z) [B, T, ED], h_T
+        [B, ED, N]).
 
-        As mamba_ssm's kernel, the scan takes dt_proj's output without its bias and applies bias +
-        softplus itself, and the gate z: fused in the CPU kernel."""
+        As mamba_ssm's mamba_inner_fn, the scan takes dt_proj's weight, its bias (+ softplus) and the
+        gate z, all fused in the CPU kernel."""
         cfg = self.config
         dt, b, c = torch.split(mixer.x_proj(xs), [cfg.dt_rank, cfg.d_state, cfg.d_state], dim=-1)
-        delta = _dt_proj_weight(mixer.dt_proj, dt)  # [B, T, ED]
         a, bias = -torch.exp(mixer.A_log), mixer.dt_proj.bias
         # The scan runs in at least fp32 (bf16 products would drift over long sequences).
-        y, h_last = selective_scan(xs, delta, a, b, c, mixer.D, h0, starts, self.scan, z=z, delta_bias=bias)
+        weight = mixer.dt_proj.weight  # [ED, dt_rank]
+        y, h_last = selective_scan(
+            xs, dt, a, b, c, mixer.D, h0, starts, self.scan, z=z, delta_bias=bias, delta_weight=weight
+        )
         return y.to(xs.dtype), h_last
 
     def _selective_scan_cuda(self, mixer: MambaBlock, xs: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -234,34 +242,6 @@ class MambaBackbone(Backbone):
 
         reason = unsupported_reason(self)
         return reason if reason is not None else MambaStepWeights(self)
-
-
-class _NarrowLinear(torch.autograd.Function):
-    """x @ W^T for a narrow x ([..., R], R = dt_rank, e.g. 8), with the weight's gradient taken as
-    (x^T g)^T: autograd's g^T x reads g [B*T, ED] transposed and, at R = 8, costs 10x more on CPU
-    (measured 87 vs 8 ms at B*T = 16384, ED = 256)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        return F.linear(x, weight)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
-        x, weight = ctx.saved_tensors
-        g2, x2 = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
-        return grad @ weight, (x2.t() @ g2).t()
-
-
-def _dt_proj_weight(layer: nn.Linear, dt: Tensor) -> Tensor:
-    """dt @ layer.weight^T, no bias: [B, T, R] -> [B, T, ED]; the narrow-input backward where it is the
-    faster one (CPU training without autocast, whose casts it would skip)."""
-    cpu = dt.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
-    return (
-        _NarrowLinear.apply(dt, layer.weight)
-        if cpu and torch.is_grad_enabled()
-        else F.linear(dt, layer.weight)
-    )
 
 
 def _in_proj_halves(layer: nn.Linear, u: Tensor) -> tuple[Tensor, Tensor]:
