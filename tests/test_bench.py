@@ -187,3 +187,13 @@ def test_gpu_targets_and_bandwidth_from_synthetic_medians() -> None:
     }  # fmt: skip
     text = backbones_markdown(result)
     assert "Achieved bandwidth" in text and "FAIL" in text and "PASS" in text
+
+
+def test_ddp_free_cores_check_times_the_probe_alone_and_side_by_side():
+    """The data-parallel benchmark's check that the host lends N free cores: one lone run and N at once,
+    each a positive time, and the slowdown is the slowest side-by-side run over the lone one."""
+    from recurrl.agents.bench.ddp import free_cores_check
+
+    check = free_cores_check(2)
+    assert check["alone_s"] > 0 and len(check["side_by_side_s"]) == 2
+    assert check["slowdown"] == pytest.approx(max(check["side_by_side_s"]) / check["alone_s"])

@@ -9,6 +9,11 @@ same work per step). Medians over rounds, and the median of the per-round ratios
 shared machine is noisy, and neighbouring runs see the same load. Each run's CPU seconds (all its
 processes, start-up and final evaluation included) are reported too: two --steps values give the CPU
 cost of a step, which a loaded machine does not distort as it does wall time.
+
+On a CPU the speedup is only as good as the cores the processes get: a shared host may lend fewer
+than it shows. Before and after the rounds the benchmark times a one-thread matmul loop alone and as N
+copies side by side (`free_cores_check`); a slowdown well above 1 says the N processes did not have N
+free cores while they ran, and the command says so.
 """
 
 from __future__ import annotations
@@ -23,7 +28,38 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .timing import interleaved_rounds, median_ratio, medians
+
+# A one-thread matmul loop: about 1 s of pure compute on this machine's cores.
+_CORE_PROBE = (
+    "import time, torch; torch.set_num_threads(1); a = torch.randn(256, 256); b = torch.randn(256, 256);"
+    "start = time.perf_counter();\nfor _ in range(2000): a @ b\nprint(time.perf_counter() - start)"
+)
+# Side-by-side slowdown above which the command warns that the processes shared cores.
+SHARED_CORES_SLOWDOWN = 1.15
+
+
+def free_cores_check(nproc: int) -> dict[str, Any]:
+    """Seconds of `_CORE_PROBE` alone and as `nproc` processes at once -> {alone_s, side_by_side_s,
+    slowdown}: slowdown = the slowest side-by-side run over the lone one (1.0: nproc free cores)."""
+
+    def start() -> subprocess.Popen[str]:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.Popen(
+            [sys.executable, "-c", _CORE_PROBE], stdout=subprocess.PIPE, text=True, env=env
+        )
+
+    def seconds(process: subprocess.Popen[str]) -> float:
+        out, _ = process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"the free-cores probe failed (exit code {process.returncode})")
+        return float(out.strip())
+
+    alone = seconds(start())
+    together = [seconds(p) for p in [start() for _ in range(nproc)]]
+    return {"alone_s": alone, "side_by_side_s": together, "slowdown": max(together) / alone}
 
 
 def train_command(args: argparse.Namespace, nproc: int, runs_dir: Path, name: str) -> list[str]:
@@ -72,6 +108,8 @@ def run_once(
 
 
 def bench_ddp(args: argparse.Namespace) -> dict[str, Any]:
+    cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
+    cores_before = free_cores_check(args.nproc) if cpu else None
     with tempfile.TemporaryDirectory(prefix="recurrl-ddp-bench-") as tmp:
         runs = {1: 0, args.nproc: 0}  # runs so far per process count: each run gets its own folder
 
@@ -83,6 +121,15 @@ def bench_ddp(args: argparse.Namespace) -> dict[str, Any]:
             return run
 
         measured = interleaved_rounds({nproc: case(nproc) for nproc in runs}, args.rounds, warmup=0)
+    cores = [cores_before, free_cores_check(args.nproc)] if cpu else []
+    shared = [c["slowdown"] for c in cores if c["slowdown"] > SHARED_CORES_SLOWDOWN]
+    if shared:
+        print(
+            f"warning: {args.nproc} one-thread processes side by side ran {max(shared):.2f}x slower than one "
+            f"alone (free_cores in the output): the host did not give this run {args.nproc} free cores, so "
+            "the speedup below is lower than the code's",
+            file=sys.stderr,
+        )
     speeds = {n: [speed for speed, _, _ in values] for n, values in measured.items()}
     cpu = {n: [cpu_s for _, cpu_s, _ in values] for n, values in measured.items()}
     commands = {n: values[-1][2] for n, values in measured.items()}
@@ -100,6 +147,7 @@ def bench_ddp(args: argparse.Namespace) -> dict[str, Any]:
             "cpus": os.cpu_count(),
             "load_average_at_end": os.getloadavg(),
         },
+        "free_cores": {"before": cores[0], "after": cores[1]} if cores else None,
         "commands": {str(n): " ".join(c) for n, c in commands.items()},
         "steps_per_sec": {str(n): v for n, v in speeds.items()},
         "steps_per_sec_median": {str(n): v for n, v in medians(speeds).items()},
