@@ -28,8 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from ..devices import resolve_device
 from .timing import interleaved_rounds, median_ratio, medians
 
 # A one-thread matmul loop: about 1 s of pure compute on this machine's cores.
@@ -108,8 +107,8 @@ def run_once(
 
 
 def bench_ddp(args: argparse.Namespace) -> dict[str, Any]:
-    cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
-    cores_before = free_cores_check(args.nproc) if cpu else None
+    on_cpu = resolve_device(args.device).type == "cpu"
+    cores_before = free_cores_check(args.nproc) if on_cpu else None
     with tempfile.TemporaryDirectory(prefix="recurrl-ddp-bench-") as tmp:
         runs = {1: 0, args.nproc: 0}  # runs so far per process count: each run gets its own folder
 
@@ -121,7 +120,7 @@ def bench_ddp(args: argparse.Namespace) -> dict[str, Any]:
             return run
 
         measured = interleaved_rounds({nproc: case(nproc) for nproc in runs}, args.rounds, warmup=0)
-    cores = [cores_before, free_cores_check(args.nproc)] if cpu else []
+    cores = [cores_before, free_cores_check(args.nproc)] if on_cpu else []
     shared = [c["slowdown"] for c in cores if c["slowdown"] > SHARED_CORES_SLOWDOWN]
     if shared:
         print(

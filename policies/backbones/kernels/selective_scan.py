@@ -88,18 +88,18 @@ def selective_scan(
         starts = torch.zeros(batch, length, dtype=torch.bool, device=x.device)
     tensors = (x, delta, a, b, c, d, h0, z, delta_bias, delta_weight)
     inputs = tuple(None if t is None else t.to(dtype) for t in tensors)
-    kernel = resolve_backend(backend, x.device) == "numba" and torch.autograd.forward_ad._current_level < 0
-    if kernel:  # not inside forward-mode AD (a dual level), which only the torch paths support
+    numba = resolve_backend(backend, x.device) == "numba"
+    if numba and torch.autograd.forward_ad._current_level < 0:  # not inside forward-mode AD (a dual level)
         from .numba_mamba import NumbaSelectiveScan
 
         # h0 may stay None here: the kernel starts from zeros without a copy of a zero tensor.
         return NumbaSelectiveScan.apply(*inputs, starts.to(torch.bool))
-    inputs = (inputs[0], _project_delta_fast(inputs[1], inputs[9]), *inputs[2:9])
-    if h0 is None:
-        inputs = (*inputs[:6], x.new_zeros(batch, inner, a.shape[1], dtype=dtype), *inputs[7:])
-    if resolve_backend(backend, x.device) == "numba":
-        return selective_scan_loop(*inputs, starts)
-    return selective_scan_mambapy(*inputs, starts)
+    # The torch paths: forward-mode AD on the numba backend runs the loop reference, which has it.
+    xf, delta_f, af, bf, cf, df, h0f, zf, bias_f, weight_f = inputs  # f: in the accumulation dtype
+    if h0f is None:
+        h0f = x.new_zeros(batch, inner, a.shape[1], dtype=dtype)
+    args = (xf, _project_delta_fast(delta_f, weight_f), af, bf, cf, df, h0f, zf, bias_f, starts)
+    return selective_scan_loop(*args) if numba else selective_scan_mambapy(*args)
 
 
 def project_delta(delta: Tensor, delta_weight: Tensor | None) -> Tensor:
