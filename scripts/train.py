@@ -185,7 +185,7 @@ def _train(args: argparse.Namespace) -> int:
         f"run {trainer.run_dir}: {config.model.backbone} ({trainer.model.num_parameters():,} parameters, "
         f"{config.model.tokens} tokens, K={config.context_length}) on {trainer.dataset.name} "
         f"({len(trainer.dataset.episodes)} episodes, {trainer.dataset.num_steps:,} steps), device {trainer.device}"
-        + (f", {trainer.dist.world_size} processes ({trainer.dist.backend})" if trainer.dist.enabled else "")
+        + (f", {trainer.dist.world_size} processes ({trainer.dist.transport})" if trainer.dist.enabled else "")
     )
     try:
         results = trainer.train()

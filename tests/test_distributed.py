@@ -159,11 +159,13 @@ def test_rank_zero_with_dropout_resumes_exactly(tmp_path: Path, pendulum: Offlin
 
 
 # ----------------------------------------------------------------------------- torchrun
-def torchrun(*args: str, console: bool = False, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+def torchrun(
+    *args: str, console: bool = False, wait: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess | subprocess.Popen:
     """`torchrun --standalone --nproc_per_node 2 -m recurrl train ARGS` (or the console script itself)."""
     program = [str(Path(sys.executable).parent / "recurrl")] if console else ["-m", "recurrl"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *program]
-    env = {**os.environ, "RECURRL_DIST_TIMEOUT_S": "60"}
+    env = {**os.environ, "RECURRL_DIST_TIMEOUT_S": "60", **(env or {})}
     if not wait:
         return subprocess.Popen([*command, "train", *args], env=env, stderr=subprocess.PIPE, text=True)
     return subprocess.run([*command, "train", *args], env=env, capture_output=True, text=True, timeout=300)
@@ -184,9 +186,13 @@ def test_two_processes_train_the_one_process_weights_and_resume_exactly(tmp_path
     two = torchrun(*common, "--run-name", "two", *TINY, "steps=12", console=True)  # the console script under torchrun
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("normalized score (last checkpoint, step 12") == 1  # rank 0 alone prints
-    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    # The gradients through gloo instead of shared memory (as between machines): the same weights too.
+    gloo = torchrun(*common, "--run-name", "gloo", *TINY, "steps=12", env={"RECURRL_DIST_SHM": "0"})
+    assert gloo.returncode == 0, gloo.stderr[-3000:]
+    a, b, g = weights(tmp_path / "one"), weights(tmp_path / "two"), weights(tmp_path / "gloo")
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(g[key], a[key], rtol=1e-5, atol=1e-6)
     results = [json.loads((tmp_path / run / "results.json").read_text()) for run in ("one", "two")]
     assert [r["world_size"] for r in results] == [1, 2]
     assert json.loads((tmp_path / "two/config.json").read_text())["world_size"] == 2
