@@ -29,13 +29,14 @@ def worker(rank: int, init_file: str, mode: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     group = Distributed(rank=rank, world_size=2, local_rank=rank, local_world_size=2, backend="gloo")
     shared = SharedSum(group, timeout_s=2.0, slot_bytes=SLOT_BYTES)
-    result: dict = {"path_left": os.path.exists(shared.path)}
+    result: dict = {}
     if mode == "sums":
         result["sums"] = [
             shared.sum_(values(rank, dtype, n))
             for dtype, n in [(torch.float32, 50), (torch.float64, 7), (torch.float32, 1)]
         ]
         result["again"] = shared.sum_(values(rank, torch.float32, 50))
+        result["path_left"] = os.path.exists(shared.path)  # rank 0 unlinked it before its first sum
     elif rank == 1:
         if mode == "hang":
             time.sleep(6)  # alive, never joins the sum
@@ -75,7 +76,7 @@ def test_sums_are_exact_identical_on_every_rank_and_leave_no_file(tmp_path: Path
         expected = values(0, dtype, n) + values(1, dtype, n)
         assert a.dtype == dtype and torch.equal(a, expected) and torch.equal(b, expected)
     assert torch.equal(first["again"], second["again"])  # the slots are reused round after round
-    assert not first["path_left"]  # rank 0 unlinked it once both had it mapped
+    assert not first["path_left"] and not second["path_left"]  # unlinked once both had it mapped
 
 
 @pytest.mark.parametrize("mode", ["exit", "hang"])
