@@ -25,8 +25,10 @@ from recurrl.policies.backbones.kernels.selective_scan import (
 
 pytest.importorskip("numba")
 
+import numba  # noqa: E402
+
 from recurrl.policies.backbones.kernels.numba_mamba import CHUNK  # noqa: E402
-from recurrl.policies.backbones.kernels.numba_math import fast_exp, fast_exp2  # noqa: E402
+from recurrl.policies.backbones.kernels.numba_math import JIT, fast_exp, fast_exp2  # noqa: E402
 
 NAMES = ("x", "delta", "A", "B", "C", "D", "h0", "z", "delta_bias")
 
@@ -242,6 +244,26 @@ def test_fast_exp2_accuracy_and_saturation():
     assert np.max(np.abs(got / np.exp2(v.astype(np.float64)) - 1)) < 1.5e-7
     low, high, nan = (fast_exp2(np.float32(x)) for x in (-np.inf, np.inf, np.nan))
     assert 0 < low <= 2.0**-126 * 1.01 and high > 1e38 and np.isnan(nan)
+
+
+def test_fast_exp2_in_a_vectorized_loop_keeps_nan_and_saturates():
+    """The kernels call fast_exp2 in loops LLVM vectorizes, where min/max may become SIMD instructions with
+    their own NaN rules: the specials must come out the same there as in a scalar call."""
+
+    @numba.njit(**JIT)
+    def exp2_all(v: np.ndarray, out: np.ndarray) -> None:
+        for i in range(v.shape[0]):
+            out[i] = fast_exp2(v[i])
+
+    specials = [np.nan, -np.inf, -1000.0, -126.0, -0.5, 0.0, 0.5, 3.25, np.inf]
+    v = np.array(specials * 8, dtype=np.float32)  # 72 values: whole vectors and a tail
+    out = np.empty_like(v)
+    exp2_all(v, out)
+    got = out.reshape(8, -1)
+    assert np.isnan(got[:, 0]).all() and not np.isnan(got[:, 1:]).any()
+    assert (got[:, 1:3] > 0).all() and (got[:, 1:3] <= 2.0**-126 * 1.01).all()
+    np.testing.assert_allclose(got[:, 3:8], np.exp2(np.float64(specials[3:8])) * np.ones((8, 1)), rtol=1.5e-7)
+    assert (got[:, 8] > 1e38).all()
 
 
 def test_fast_exp_accuracy_and_special_values():

@@ -37,6 +37,7 @@ from mambapy.mamba import MambaBlock, MambaConfig, ResidualBlock, RMSNorm
 from torch import Tensor, nn
 
 from .base import Backbone, State, compiled_step
+from .kernels.rms_norm import rms_norm
 from .kernels.selective_scan import check_backend, conv_silu, resolve_backend, selective_scan
 
 # The compiled step measured faster than the eager one at every batch size up to 256 (1 and 2 threads,
@@ -95,7 +96,8 @@ class MambaBackbone(Backbone):
         batch, length, _ = x.shape
         fresh = state is None
         if state is None:  # the conv buffer as zeros; the SSM state as None, which the scan starts from
-            conv0, ssm0 = self.initial_state(batch, x.device)[0], None
+            (conv_shape, conv_dtype), _ = self.state_shapes()
+            conv0, ssm0 = torch.zeros((batch, *conv_shape), dtype=conv_dtype, device=x.device), None
         else:
             conv0, ssm0 = state
         if episode_starts is None:
@@ -256,9 +258,9 @@ def _in_proj_halves(layer: nn.Linear, u: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _rms_norm(norm: RMSNorm, x: Tensor) -> Tensor:
-    """mambapy's RMSNorm (x * rsqrt(mean(x^2) + eps) * weight) as torch's one fused op: x [..., H]."""
-    weight = None if norm.use_mup else norm.weight
-    return F.rms_norm(x, (x.shape[-1],), weight, norm.eps)
+    """mambapy's RMSNorm (x * rsqrt(mean(x^2) + eps) * weight), its gradients in closed form in CPU
+    training (kernels/rms_norm.py): x [..., H]."""
+    return rms_norm(x, None if norm.use_mup else norm.weight, norm.eps)
 
 
 def _check_options(d_state: int, d_conv: int, expand: int) -> None:

@@ -98,14 +98,17 @@ def fast_exp(v: np.float32) -> np.float32:
 def fast_exp2(v: np.float32) -> np.float32:
     """2^v for fp32, within 1.1e-7 relative for v in [-126, 127]; saturates outside (2^-126 below, for -inf
     too, ~2^127 above), NaN for NaN. 2^v = 2^k 2^f, k = round(v), |f| <= 1/2, 2^f by a polynomial.
-    Branch free, so a loop calling it vectorizes. The scan's decays are in (0, 1]: only the lower end matters."""
+    Branch free, so a loop calling it vectorizes. The scan's decays are in (0, 1]: only the lower end matters.
+
+    The scan's hot loop evaluates this for every state value, so each instruction counts: k = rint(c) is
+    one rounding (floor(c + 1/2) is two), and a NaN needs no select of its own: Python's max/min (numba
+    keeps their semantics) return a NaN first argument, so f and p are NaN and so is p * 2^k."""
     c = min(max(v, _EXP2_LOWEST), _EXP2_HIGHEST)
-    k = np.floor(c + _HALF)
+    k = np.rint(c)
     f = c - k
     p0, p1, p2, p3, p4, p5, p6 = _EXP2_POLY
     p = p0 + f * (p1 + f * (p2 + f * (p3 + f * (p4 + f * (p5 + f * p6)))))
-    out = p * _float32_from_bits((np.int32(k) + _EXP_BIAS) << _MANTISSA_BITS)
-    return out if v == v else v
+    return p * _float32_from_bits((np.int32(k) + _EXP_BIAS) << _MANTISSA_BITS)
 
 
 @njit(**JIT)
