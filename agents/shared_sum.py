@@ -64,7 +64,7 @@ class SharedSum:
     `sum_` with the same shapes in the same order)."""
 
     def __init__(self, dist: Distributed, timeout_s: float, slot_bytes: int = SLOT_BYTES) -> None:
-        self.dist, self.timeout_s, self.slot_bytes = dist, timeout_s, slot_bytes
+        self.dist, self.timeout_s = dist, timeout_s
         world = dist.world_size
         size = FLAG_BYTES + world * slot_bytes
         self.path = path = dist.from_main(lambda: _create(size), "creating the shared-memory buffer")
@@ -76,10 +76,9 @@ class SharedSum:
             if dist.is_main:
                 Path(path).unlink(missing_ok=True)
         self.peers = [pid for rank, pid in enumerate(pids) if rank != dist.rank]
-        self.ready = np.frombuffer(mapped, dtype=np.int64, count=world)  # round whose data each rank wrote
-        self.read = np.frombuffer(
-            mapped, dtype=np.int64, count=world, offset=world * 8
-        )  # round each rank summed
+        # The two round counters per rank: the round whose data it wrote, and the round it summed.
+        self.ready = np.frombuffer(mapped, dtype=np.int64, count=world)
+        self.read = np.frombuffer(mapped, dtype=np.int64, count=world, offset=world * 8)
         slots = np.frombuffer(mapped, dtype=np.uint8, offset=FLAG_BYTES, count=world * slot_bytes)
         self.slots = torch.from_numpy(slots).view(world, slot_bytes)  # [world, slot_bytes], viewed per dtype
         self.round = 0
