@@ -4,6 +4,7 @@ would promote it to fp64 and stop LLVM vectorizing)."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from numba import njit
 from torch import Tensor
 
+from .numba_mamba import reference_backward
 from .numba_math import JIT
 
 
@@ -73,8 +75,11 @@ class NumbaRMSNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         x, weight, r = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: gradients that are themselves differentiable
-            return (*_reference_grads(ctx, x, weight, grad), None)
+        if torch.is_grad_enabled():  # create_graph=True: gradients by autograd through torch's rms_norm
+            return (
+                *reference_backward(ctx, partial(_torch_rms_norm, eps=ctx.eps), (x, weight), (), (grad,)),
+                None,
+            )
         x2 = x.detach().contiguous().reshape(-1, x.shape[-1])
         dx, dw = torch.empty_like(x2), weight.new_zeros(weight.shape)
         g2 = grad.contiguous().reshape(x2.shape)
@@ -84,10 +89,6 @@ class NumbaRMSNorm(torch.autograd.Function):
         return (dx.reshape(x.shape) if wants[0] else None), (dw if wants[1] else None), None
 
 
-def _reference_grads(ctx: Any, x: Tensor, weight: Tensor, grad: Tensor) -> tuple[Tensor | None, ...]:
-    """dx, dw by autograd through torch's `rms_norm`, kept differentiable (a double backward)."""
-    wanted = [t for t, want in zip((x, weight), ctx.needs_input_grad[:2], strict=True) if want]
-    with torch.enable_grad():
-        y = F.rms_norm(x, (x.shape[-1],), weight, ctx.eps)
-        got = iter(torch.autograd.grad(y, wanted, grad, create_graph=True))
-    return tuple(next(got) if want else None for want in ctx.needs_input_grad[:2])
+def _torch_rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """The reference a double backward differentiates: torch's rms_norm over the last dim."""
+    return F.rms_norm(x, (x.shape[-1],), weight, eps)

@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .scan_backends import numba_available
+from .scan_backends import numba_available, outside_forward_ad
 
 
 def rms_norm(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
-    """x [..., H], weight [H] or None (no scale), eps -> y [..., H]: the kernels in CPU training with a weight (fp32/fp64, no autocast, not
-    under forward-mode AD, numba installed), else torch's `rms_norm` (the same numbers)."""
+    """x [..., H], weight [H] or None (no scale), eps -> y [..., H]: the kernels in CPU training with a
+    weight (fp32/fp64, no autocast, not under forward-mode AD, numba installed), else torch's `rms_norm`
+    (the same numbers)."""
     fused = (
         x.device.type == "cpu"
         and torch.is_grad_enabled()
@@ -35,7 +36,7 @@ def rms_norm(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
         and x.dtype in (torch.float32, torch.float64)
         and weight.dtype == x.dtype
         and not torch.is_autocast_enabled("cpu")
-        and torch.autograd.forward_ad._current_level < 0
+        and outside_forward_ad()
         and numba_available()
     )
     if not fused:

@@ -22,6 +22,12 @@ def numba_available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
+def outside_forward_ad() -> bool:
+    """Not inside forward-mode AD (a dual level): the compiled kernels' autograd Functions have no jvp, so
+    under it their callers run a torch reference instead."""
+    return torch.autograd.forward_ad._current_level < 0
+
+
 def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown scan backend {backend!r}; choose one of {', '.join(BACKENDS)}")

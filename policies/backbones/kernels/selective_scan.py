@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from mambapy.pscan import pscan
 from torch import Tensor
 
-from .scan_backends import numba_available
+from .scan_backends import numba_available, outside_forward_ad
 
 BACKENDS = ("auto", "numba", "mambapy")
 
@@ -89,7 +89,7 @@ def selective_scan(
     tensors = (x, delta, a, b, c, d, h0, z, delta_bias, delta_weight)
     inputs = tuple(None if t is None else t.to(dtype) for t in tensors)
     numba = resolve_backend(backend, x.device) == "numba"
-    if numba and torch.autograd.forward_ad._current_level < 0:  # not inside forward-mode AD (a dual level)
+    if numba and outside_forward_ad():
         from .numba_mamba import NumbaSelectiveScan
 
         # h0 may stay None here: the kernel starts from zeros without a copy of a zero tensor.
@@ -151,7 +151,7 @@ def conv_silu(
     for name, (tensor, shape) in expected.items():
         if tuple(tensor.shape) != shape:
             raise ValueError(f"conv_silu: {name} must have shape {shape}, got {tuple(tensor.shape)}")
-    if resolve_backend(backend, xc.device) == "numba" and torch.autograd.forward_ad._current_level < 0:
+    if resolve_backend(backend, xc.device) == "numba" and outside_forward_ad():
         from .numba_mamba_conv import NumbaConvSilu
 
         dtype = acc_dtype(xc.dtype)
